@@ -1,0 +1,129 @@
+"""The `evomerge` command."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+
+app = typer.Typer(
+    help="evomerge: search for model-merge recipes by evolution, and build merged models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class ExportFormat(str, Enum):
+    mergekit = "mergekit"
+    evomerge = "evomerge"
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def merge(
+    recipe: Annotated[Path, typer.Argument(help="Recipe file: evomerge YAML or a mergekit "
+                                                "config (detected by its merge_method key).")],
+    out_dir: Annotated[Path, typer.Argument(help="Directory to create for the merged model.")],
+    device: Annotated[str, typer.Option(help="Where to compute: cpu, cuda or cuda:N.")] = "cpu",
+    shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 500MB, 2GB.")]
+    = "2GB",
+    workers: Annotated[int, typer.Option(help="Tensors merged in parallel on CPU.")] = 2,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT_DIR if it exists.")] = False,
+    allow_nonfinite: Annotated[bool, typer.Option(
+        help="Merge even if a source tensor holds NaN or Inf.")] = False,
+    allow_pickle: Annotated[bool, typer.Option(
+        help="Allow pickled .bin/.pt weights (can run code; only for files you trust).")]
+    = False,
+    allow_download: Annotated[bool, typer.Option(
+        help="Let hub repo ids not in the local cache be downloaded.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Build the merged model described by RECIPE into OUT_DIR (sharded safetensors)."""
+    from evomerge.merge.streaming import MergeError, MergeOptions, merge_to_directory, parse_size
+    from evomerge.recipe import RecipeError, load_recipe
+
+    try:
+        rec = load_recipe(recipe)
+        opts = MergeOptions(device=device, shard_size=parse_size(shard_size), workers=workers,
+                            overwrite=overwrite, allow_nonfinite=allow_nonfinite,
+                            allow_pickle=allow_pickle, allow_download=allow_download,
+                            progress=progress and sys.stderr.isatty())
+        summary = merge_to_directory(rec, out_dir, opts)
+    except (RecipeError, MergeError) as exc:
+        _fail(str(exc))
+    typer.echo(f"merged {summary.tensors} tensors into {summary.out_dir} "
+               f"({summary.shards} shard(s), {summary.bytes_written / 1e6:.1f} MB) "
+               f"in {summary.seconds:.2f}s")
+
+
+@app.command("export-recipe")
+def export_recipe(
+    recipe: Annotated[Path, typer.Argument(help="Recipe file (evomerge or mergekit YAML).")],
+    format: Annotated[ExportFormat, typer.Option(help="Output format.")] = ExportFormat.mergekit,
+    output: Annotated[Path | None, typer.Option("--output", "-o",
+                                                help="Write here instead of stdout.")] = None,
+) -> None:
+    """Write a parameter-space recipe as mergekit YAML (or as a normalised evomerge recipe)."""
+    from evomerge.recipe import RecipeError, load_recipe
+
+    try:
+        rec = load_recipe(recipe)
+        if format is ExportFormat.mergekit:
+            from evomerge.mergekit_yaml import recipe_to_mergekit
+
+            text = yaml.safe_dump(recipe_to_mergekit(rec, _layer_count(rec)), sort_keys=False)
+        else:
+            text = rec.to_yaml()
+    except RecipeError as exc:
+        _fail(str(exc))
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        from evomerge.atomic import write_text_atomic
+
+        write_text_atomic(output, text)
+
+
+def _layer_count(rec) -> int | None:
+    import json
+
+    for ref in [rec.base, *(s.model for s in rec.sources)]:
+        cfg = Path(ref or "") / "config.json"
+        if ref and cfg.exists():
+            n = json.loads(cfg.read_text()).get("num_hidden_layers")
+            if isinstance(n, int):
+                return n
+    return None
+
+
+@app.command("build-zoo")
+def build_zoo(
+    out_dir: Annotated[Path, typer.Argument(help="Where to write base/, math/, code/, chat/.")],
+    size: Annotated[str, typer.Option(help="tiny (~0.2M parameters) or small (~6.6M).")]
+    = "tiny",
+) -> None:
+    """Build small example Llama sources offline (a base and three fine-tune-like variants)."""
+    from evomerge.models.tiny import build_example_zoo
+
+    try:
+        dirs = build_example_zoo(out_dir, size)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo("built " + ", ".join(str(d) for d in dirs.values()))
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""Merge methods, per-tensor dispatch, and the materialisers that build merged models."""

@@ -1,0 +1,324 @@
+"""The streaming materialiser: recipe + source directories → merged model directory.
+
+Tensors are read one at a time, merged in float32 on the chosen device, and written straight
+into shards whose layout is planned before the first byte is read. Peak memory is the tensors
+in flight (bounded by an element budget), not the model size. Everything is written into a
+temporary sibling directory that is renamed into place only when complete, so a failed merge
+leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import uuid
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from evomerge.merge.tensor_merge import merge_tensor
+from evomerge.models.architecture import count_layers, tensor_site
+from evomerge.models.safetensors_io import ShardWriter
+from evomerge.models.source import SourceError, SourceModel
+from evomerge.recipe import Recipe
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class MergeError(ValueError):
+    """A merge that cannot proceed; the message names the file, tensor or field at fault."""
+
+
+@dataclass
+class MergeOptions:
+    device: str = "cpu"
+    shard_size: int = 2 * 1024**3
+    overwrite: bool = False
+    allow_nonfinite: bool = False
+    allow_pickle: bool = False
+    allow_download: bool = False
+    workers: int = 2
+    max_inflight_elements: int = 48 * 1024 * 1024
+    progress: bool = False
+
+
+@dataclass
+class MergeSummary:
+    out_dir: Path
+    tensors: int
+    shards: int
+    bytes_written: int
+    seconds: float
+
+
+def parse_size(text: str) -> int:
+    """'500MB', '2GB', '1.5GiB', '123' (bytes) → bytes."""
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+    s = text.strip().upper().replace(" ", "")
+    num = s.rstrip("KMGTIB")
+    unit = s[len(num):]
+    try:
+        value = float(num)
+    except ValueError:
+        raise MergeError(f"shard size: cannot parse {text!r} (try 500MB or 2GB)") from None
+    if unit not in units or value <= 0:
+        raise MergeError(f"shard size: cannot parse {text!r} (try 500MB or 2GB)")
+    return int(value * units[unit])
+
+
+def open_models(recipe: Recipe, options: MergeOptions) -> tuple[SourceModel | None,
+                                                                 list[SourceModel]]:
+    opened: list[SourceModel] = []
+    try:
+        base = None
+        if recipe.base:
+            base = SourceModel.open(recipe.base, options.allow_pickle, options.allow_download)
+            opened.append(base)
+        sources = []
+        for s in recipe.sources:
+            sources.append(SourceModel.open(s.model, options.allow_pickle,
+                                            options.allow_download))
+            opened.append(sources[-1])
+    except SourceError as exc:
+        for m in opened:
+            m.close()
+        raise MergeError(str(exc)) from None
+    return base, sources
+
+
+def check_compatible(models: list[SourceModel]) -> None:
+    """Same architecture, same tensor names and shapes; errors name both files."""
+    ref = models[0]
+    for other in models[1:]:
+        if ref.architecture and other.architecture and ref.architecture != other.architecture:
+            raise MergeError(
+                f"{other.path}: architecture {other.architecture} differs from "
+                f"{ref.architecture} of {ref.path}"
+            )
+        for name, entry in ref.entries.items():
+            o = other.entries.get(name)
+            if o is None:
+                raise MergeError(f"{other.path}: missing tensor {name} (present in {ref.path})")
+            if o.shape != entry.shape:
+                raise MergeError(
+                    f"{other.path}: tensor {name} has shape {list(o.shape)}, but "
+                    f"{list(entry.shape)} in {ref.path}"
+                )
+        extra = sorted(set(other.entries) - set(ref.entries))
+        if extra:
+            raise MergeError(f"{other.path}: unexpected tensor {extra[0]} (absent from {ref.path})")
+
+
+def plan_shards(items: list[tuple[str, torch.dtype, tuple[int, ...]]], shard_size: int
+                ) -> list[list[tuple[str, torch.dtype, tuple[int, ...]]]]:
+    shards: list[list] = [[]]
+    size = 0
+    for item in items:
+        n = torch.empty((), dtype=item[1]).element_size()
+        for d in item[2]:
+            n *= d
+        if shards[-1] and size + n > shard_size:
+            shards.append([])
+            size = 0
+        shards[-1].append(item)
+        size += n
+    return shards
+
+
+def merge_to_directory(recipe: Recipe, out_dir: str | Path, options: MergeOptions | None = None
+                       ) -> MergeSummary:
+    options = options or MergeOptions()
+    out_dir = Path(out_dir)
+    start = time.perf_counter()
+    if recipe.route is not None:
+        raise MergeError("route: layer-route (data-flow) recipes are not built by `merge` yet")
+    if out_dir.exists() and not options.overwrite:
+        raise MergeError(f"{out_dir}: output directory exists (pass --overwrite to replace it)")
+    if options.device.startswith("cuda") and not torch.cuda.is_available():
+        raise MergeError(f"device: {options.device} requested but CUDA is not available")
+    base, sources = open_models(recipe, options)
+    models = ([base] if base else []) + sources
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        check_compatible(models)
+        ref = models[0]
+        num_layers = count_layers(list(ref.entries), ref.config)
+        out_dtype = _TORCH_DTYPES[recipe.dtype] if recipe.dtype else None
+        items = []
+        for name, e in ref.entries.items():
+            dt = out_dtype if (out_dtype and e.dtype.is_floating_point) else e.dtype
+            items.append((name, dt, e.shape))
+        shards = plan_shards(items, options.shard_size)
+        tmp.mkdir(parents=True)
+        written = _write_shards(recipe, base, sources, shards, tmp, num_layers, options)
+        _write_metadata(recipe, ref, shards, tmp, out_dtype, options)
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        for m in models:
+            m.close()
+    return MergeSummary(out_dir, len(items), len(shards), written, time.perf_counter() - start)
+
+
+def _shard_names(n: int) -> list[str]:
+    if n == 1:
+        return ["model.safetensors"]
+    return [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+
+
+def _write_shards(recipe, base, sources, shards, tmp: Path, num_layers: int,
+                  options: MergeOptions) -> int:
+    device = torch.device(options.device)
+
+    def load(model: SourceModel, name: str) -> torch.Tensor:
+        t = model.read(name).to(device=device, dtype=torch.float32)
+        if not options.allow_nonfinite and not bool(torch.isfinite(t).all()):
+            raise MergeError(
+                f"{model.path}: tensor {name} contains NaN or Inf (pass --allow-nonfinite "
+                "to merge anyway)"
+            )
+        return t
+
+    def job(name: str, dtype: torch.dtype) -> torch.Tensor:
+        ref = base or sources[0]
+        if not ref.entries[name].dtype.is_floating_point:
+            return ref.read(name)  # integer buffers are copied, not merged
+        b = load(base, name) if base else None
+        srcs = [load(s, name) for s in sources]
+        site = tensor_site(name, num_layers)
+        try:
+            out = merge_tensor(recipe, site, b, srcs)
+        except ValueError as exc:
+            raise MergeError(f"tensor {name}: {exc}") from None
+        if not options.allow_nonfinite and not bool(torch.isfinite(out).all()):
+            raise MergeError(f"tensor {name}: the merge produced NaN or Inf (check weights)")
+        return out.to(dtype).cpu()
+
+    workers = 1 if device.type == "cuda" else max(1, options.workers)
+    threads_before = torch.get_num_threads()
+    if workers > 1:
+        torch.set_num_threads(1)  # one intra-op thread per worker: tensors are the parallelism
+    total = sum(len(s) for s in shards)
+    bar = _progress(total, options.progress)
+    written = 0
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for shard_name, shard in zip(_shard_names(len(shards)), shards, strict=True):
+                writer = ShardWriter(tmp / shard_name, shard)
+                pending: deque[tuple[str, int, Future]] = deque()
+                inflight = 0
+                it = iter(shard)
+                nxt = next(it, None)
+                while nxt is not None or pending:
+                    while nxt is not None and (
+                        not pending
+                        or (len(pending) < workers + 1
+                            and inflight + _numel(nxt[2]) <= options.max_inflight_elements)
+                    ):
+                        pending.append((nxt[0], _numel(nxt[2]), pool.submit(job, nxt[0], nxt[1])))
+                        inflight += _numel(nxt[2])
+                        nxt = next(it, None)
+                    name, n, fut = pending.popleft()
+                    writer.write(name, fut.result())
+                    inflight -= n
+                    bar.update(1)
+                writer.close()
+                written += writer.nbytes
+    finally:
+        torch.set_num_threads(threads_before)
+        bar.close()
+    return written
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="tensor", desc="merging", disable=not enabled)
+
+
+def _write_metadata(recipe: Recipe, ref: SourceModel, shards, tmp: Path,
+                    out_dtype: torch.dtype | None, options: MergeOptions) -> None:
+    names = _shard_names(len(shards))
+    if len(shards) > 1:
+        weight_map = {item[0]: fname for fname, shard in zip(names, shards, strict=True)
+                      for item in shard}
+        total = sum(_numel(i[2]) * torch.empty((), dtype=i[1]).element_size()
+                    for s in shards for i in s)
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    if ref.config:
+        config = dict(ref.config)
+        if out_dtype is not None:
+            dname = {torch.float32: "float32", torch.float16: "float16",
+                     torch.bfloat16: "bfloat16"}[out_dtype]
+            keys = [k for k in ("dtype", "torch_dtype") if k in config] or ["dtype"]
+            for k in keys:
+                config[k] = dname
+        config["evomerge_recipe_digest"] = recipe.digest()
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    tok_dir = _tokenizer_dir(recipe, ref, options)
+    for fname in TOKENIZER_FILES:
+        src = tok_dir / fname
+        if src.exists():
+            shutil.copyfile(src, tmp / fname)
+    (tmp / "evomerge_recipe.yaml").write_text(recipe.to_yaml())
+    (tmp / "README.md").write_text(model_card(recipe))
+
+
+def _tokenizer_dir(recipe: Recipe, ref: SourceModel, options: MergeOptions) -> Path:
+    if recipe.tokenizer_source:
+        from evomerge.models.source import resolve_model_ref
+
+        try:
+            return resolve_model_ref(recipe.tokenizer_source, options.allow_download)
+        except SourceError as exc:
+            raise MergeError(f"tokenizer_source: {exc}") from None
+    return ref.path
+
+
+def model_card(recipe: Recipe) -> str:
+    sources = "\n".join(f"- `{s.model}`" for s in recipe.sources)
+    base = f"`{recipe.base}`" if recipe.base else "none"
+    return (
+        "---\nlibrary_name: transformers\ntags:\n- merge\n- evomerge\n---\n"
+        f"# Merged model\n\nBuilt by evomerge with method `{recipe.method}`.\n\n"
+        f"Base model: {base}\n\nSources:\n{sources}\n\n"
+        f"Recipe digest: `{recipe.digest()}`\n\n## Recipe\n\n```yaml\n{recipe.to_yaml()}```\n"
+    )
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    """Rename the finished temp dir into place; an old one is moved aside first, then deleted."""
+    if out_dir.exists():
+        trash = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        out_dir.rename(trash)
+        tmp.rename(out_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        tmp.rename(out_dir)
+

@@ -1,0 +1,52 @@
+"""One output tensor from its inputs: resolve the recipe's parameters at this tensor and call
+the method. Shared by the streaming (to disk) and in-place (to a live model) materialisers."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from evomerge.merge import methods
+from evomerge.recipe import Recipe, TensorSite
+
+
+def dare_generator(recipe: Recipe, tensor_name: str, source_index: int,
+                   device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator seeded from (recipe seed, tensor, source): the same recipe gives the same
+    weights whatever order or thread the tensors are merged in."""
+    key = f"{recipe.seed}:{tensor_name}:{source_index}".encode()
+    seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
+
+
+def merge_tensor(recipe: Recipe, site: TensorSite, base: torch.Tensor | None,
+                 sources: list[torch.Tensor]) -> torch.Tensor:
+    """Merge float32 inputs for one tensor; returns float32."""
+    m = recipe.method
+    k = range(len(sources))
+    if m == "slerp":
+        a, b = (base, sources[0]) if base is not None else (sources[0], sources[1])
+        return methods.slerp(a, b, float(recipe.shared_param("t", site)))
+    weights = [recipe.source_param(i, "weight", site) for i in k]
+    if m == "linear":
+        return methods.linear(sources, weights, bool(recipe.shared_param("normalize", site)))
+    assert base is not None  # the recipe validator guarantees a base for these methods
+    lam = float(recipe.shared_param("lambda", site))
+    normalize = bool(recipe.shared_param("normalize", site))
+    if m == "task_arithmetic":
+        return methods.task_arithmetic(base, sources, weights, lam, normalize)
+    densities = [recipe.source_param(i, "density", site) for i in k]
+    if m == "ties":
+        return methods.ties(base, sources, weights, densities, lam, normalize)
+    if m in ("dare_linear", "dare_ties"):
+        gens = [dare_generator(recipe, site.name, i, base.device) for i in k]
+        fn = methods.dare_ties if m == "dare_ties" else methods.dare_linear
+        return fn(base, sources, weights, densities, gens, lam, normalize)
+    if m in ("breadcrumbs", "breadcrumbs_ties"):
+        gammas = [recipe.source_param(i, "gamma", site) for i in k]
+        return methods.breadcrumbs(base, sources, weights, densities, gammas, lam, normalize,
+                                   sign_consensus=m == "breadcrumbs_ties")
+    raise ValueError(f"method: unknown merge method {m!r}")

@@ -1,0 +1,1 @@
+"""Opening source models: safetensors I/O, model directories, the architecture map."""

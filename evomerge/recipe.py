@@ -1,0 +1,476 @@
+"""The Recipe: a pure, serialisable description of a merged model.
+
+A recipe is data (no torch here), so it can be logged, hashed, shipped to a remote worker and
+exported. Parameter values may vary per layer and per tensor kind; `resolve_parameter` is the
+single place that decides which number applies to which tensor.
+
+Parameter value forms (any parameter, at global or per-source level):
+
+* a number: the same value everywhere;
+* a list of numbers: a gradient interpolated over the decoder layers (mergekit semantics:
+  t = layer / (L - 1); embeddings take t = 0, the final norm and head t = 1);
+* ``{"groups": [v0, ..., vG-1]}``: piecewise constant over G equal groups of decoder layers
+  (embeddings take the first group, final norm and head the last);
+* a mapping from tensor kind (``attention``, ``mlp``, ``norm``, ``embed``, ``head``, ``other``,
+  ``default``) to any of the forms above;
+* a list of ``{"filter": str | None, "value": ...}`` conditions (mergekit's form): the first
+  whose filter is a tensor kind equal to the tensor's kind, or a substring of its name, or
+  missing / ``"*"``, applies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+METHODS = (
+    "linear",
+    "task_arithmetic",
+    "ties",
+    "dare_linear",
+    "dare_ties",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "slerp",
+)
+Method = Literal[
+    "linear",
+    "task_arithmetic",
+    "ties",
+    "dare_linear",
+    "dare_ties",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "slerp",
+]
+DType = Literal["float32", "float16", "bfloat16"]
+TENSOR_KINDS = ("attention", "mlp", "norm", "embed", "head", "other")
+_KIND_KEYS = set(TENSOR_KINDS) | {"default"}
+
+# Which parameters each method reads, with their defaults (None: required somewhere).
+# Per-source parameters may also be given globally; shared ones only make sense globally.
+PER_SOURCE_PARAMS: dict[str, dict[str, float | None]] = {
+    "linear": {"weight": 1.0},
+    "task_arithmetic": {"weight": 1.0},
+    "ties": {"weight": 1.0, "density": 1.0},
+    "dare_linear": {"weight": 1.0, "density": 1.0},
+    "dare_ties": {"weight": 1.0, "density": 1.0},
+    "breadcrumbs": {"weight": 1.0, "density": 1.0, "gamma": 0.01},
+    "breadcrumbs_ties": {"weight": 1.0, "density": 1.0, "gamma": 0.01},
+    "slerp": {},
+}
+SHARED_PARAMS: dict[str, dict[str, float | bool]] = {
+    "linear": {"normalize": True},
+    "task_arithmetic": {"lambda": 1.0, "normalize": False},
+    "ties": {"lambda": 1.0, "normalize": True},
+    "dare_linear": {"lambda": 1.0, "normalize": False},
+    "dare_ties": {"lambda": 1.0, "normalize": False},
+    "breadcrumbs": {"lambda": 1.0, "normalize": False},
+    "breadcrumbs_ties": {"lambda": 1.0, "normalize": False},
+    "slerp": {"t": 0.5},
+}
+NEEDS_BASE = {m for m in METHODS if m not in ("linear", "slerp")}
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names the file and field at fault."""
+
+
+@dataclass(frozen=True)
+class TensorSite:
+    """Where a tensor sits in the model: what parameter resolution needs to know."""
+
+    name: str
+    kind: str  # one of TENSOR_KINDS
+    layer: int | None  # decoder layer index, None for embeddings / final norm / head
+    num_layers: int
+
+    @property
+    def t(self) -> float:
+        """Relative depth in [0, 1] used by gradients (mergekit's convention)."""
+        if self.layer is None:
+            return 0.0 if self.kind == "embed" else 1.0
+        if self.num_layers <= 1:
+            return 1.0
+        return self.layer / (self.num_layers - 1)
+
+    @property
+    def group_position(self) -> float:
+        """Position in [0, 1) used to pick a layer group."""
+        if self.layer is None:
+            return 0.0 if self.kind == "embed" else 1.0 - 1e-12
+        return self.layer / max(self.num_layers, 1)
+
+
+def _check_value(value: Any, where: str) -> None:
+    """Validate a parameter value's shape; raise ValueError naming `where`."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: must be finite, got {value}")
+        return
+    if isinstance(value, list):
+        if not value:
+            raise ValueError(f"{where}: empty list")
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            for i, v in enumerate(value):
+                _check_value(v, f"{where}[{i}]")
+            return
+        for i, cond in enumerate(value):
+            if not isinstance(cond, dict) or "value" not in cond:
+                raise ValueError(
+                    f"{where}[{i}]: expected a number (gradient) or a "
+                    "{filter: ..., value: ...} condition"
+                )
+            extra = set(cond) - {"filter", "value"}
+            if extra:
+                raise ValueError(f"{where}[{i}]: unknown keys {sorted(extra)}")
+            if cond.get("filter") is not None and not isinstance(cond["filter"], str):
+                raise ValueError(f"{where}[{i}].filter: must be a string")
+            _check_value(cond["value"], f"{where}[{i}].value")
+        return
+    if isinstance(value, dict):
+        if set(value) == {"groups"}:
+            groups = value["groups"]
+            if not isinstance(groups, list) or not groups:
+                raise ValueError(f"{where}.groups: expected a non-empty list of numbers")
+            for i, v in enumerate(groups):
+                if not isinstance(v, (int, float)) or isinstance(v, bool):
+                    raise ValueError(f"{where}.groups[{i}]: expected a number")
+                _check_value(v, f"{where}.groups[{i}]")
+            return
+        unknown = set(value) - _KIND_KEYS
+        if unknown:
+            raise ValueError(
+                f"{where}: unknown tensor kinds {sorted(unknown)}; "
+                f"use {sorted(_KIND_KEYS)} or {{groups: [...]}}"
+            )
+        for k, v in value.items():
+            _check_value(v, f"{where}.{k}")
+        return
+    raise ValueError(f"{where}: unsupported value {value!r}")
+
+
+def _filter_matches(filt: str | None, site: TensorSite) -> bool:
+    if filt is None or filt == "*":
+        return True
+    if filt in TENSOR_KINDS:
+        return site.kind == filt
+    return filt in site.name
+
+
+def evaluate_value(value: Any, site: TensorSite) -> Any:
+    """The concrete value of one parameter setting at one tensor, or None if no filter matched."""
+    if isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, list):
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            scaled = site.t * (len(value) - 1)
+            i0 = int(scaled)
+            i1 = min(len(value) - 1, i0 + 1)
+            frac = scaled - i0
+            return (1 - frac) * value[i0] + frac * value[i1]
+        for cond in value:
+            if _filter_matches(cond.get("filter"), site):
+                return evaluate_value(cond["value"], site)
+        return None
+    if isinstance(value, dict):
+        if set(value) == {"groups"}:
+            groups = value["groups"]
+            idx = min(len(groups) - 1, int(site.group_position * len(groups)))
+            return groups[idx]
+        if site.kind in value:
+            return evaluate_value(value[site.kind], site)
+        if "default" in value:
+            return evaluate_value(value["default"], site)
+        return None
+    raise TypeError(f"unsupported parameter value {value!r}")
+
+
+class Source(BaseModel):
+    """One input model and its per-source parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("parameters")
+    @classmethod
+    def _check_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        for name, value in params.items():
+            _check_value(value, name)
+        return params
+
+
+class RouteHop(BaseModel):
+    """One hop of a data-flow route: run `layer` of `source`, input scaled by `scale`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: int = Field(ge=0, description="index into Recipe.sources")
+    layer: int = Field(ge=0)
+    scale: float = 1.0
+
+
+class LayerSlice(BaseModel):
+    """Parameters that apply to a half-open range of decoder layers (mergekit's `slices:`).
+
+    Gradients inside a slice run over the slice's own layers; embeddings read the first slice
+    and the final norm / head the last, as mergekit does.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    layers: tuple[int, int]
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    source_parameters: list[dict[str, Any]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> LayerSlice:
+        if not 0 <= self.layers[0] < self.layers[1]:
+            raise ValueError(f"layers: {list(self.layers)} is not a half-open range [start, end)")
+        for name, value in self.parameters.items():
+            _check_value(value, f"parameters.{name}")
+        for i, params in enumerate(self.source_parameters):
+            for name, value in params.items():
+                _check_value(value, f"source_parameters[{i}].{name}")
+        return self
+
+    def localise(self, site: TensorSite) -> TensorSite:
+        if site.layer is None:
+            return site
+        return TensorSite(
+            site.name, site.kind, site.layer - self.layers[0], self.layers[1] - self.layers[0]
+        )
+
+
+class Recipe(BaseModel):
+    """A merged model, described: sources, base, method, parameters, dtype, seed, route."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Method
+    sources: list[Source] = Field(min_length=1)
+    base: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    dtype: DType | None = None
+    seed: int = 0
+    tokenizer_source: str | None = None
+    route: list[RouteHop] | None = None
+    slices: list[LayerSlice] | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _check_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        for name, value in params.items():
+            _check_value(value, name)
+        return params
+
+    @model_validator(mode="after")
+    def _check_method(self) -> Recipe:
+        per_source = PER_SOURCE_PARAMS[self.method]
+        shared = SHARED_PARAMS[self.method]
+        known = set(per_source) | set(shared)
+        for name in self.parameters:
+            if name not in known:
+                raise ValueError(
+                    f"parameters.{name}: not a parameter of method {self.method!r} "
+                    f"(known: {sorted(known)})"
+                )
+        for i, src in enumerate(self.sources):
+            for name in src.parameters:
+                if name not in per_source:
+                    raise ValueError(
+                        f"sources[{i}].parameters.{name}: not a per-source parameter of "
+                        f"method {self.method!r} (known: {sorted(per_source)})"
+                    )
+        if self.method in NEEDS_BASE and self.base is None:
+            raise ValueError(f"base: method {self.method!r} needs a base model")
+        if self.method == "slerp":
+            n = len(self.sources) + (1 if self.base else 0)
+            if n != 2:
+                raise ValueError(
+                    f"sources: slerp interpolates exactly two models (base + one source, or "
+                    f"two sources); got {n}"
+                )
+        if self.slices is not None:
+            if not self.slices:
+                raise ValueError("slices: empty list (leave it out instead)")
+            end = 0
+            for i, sl in enumerate(self.slices):
+                if sl.layers[0] != end:
+                    raise ValueError(
+                        f"slices[{i}].layers: starts at {sl.layers[0]}, expected {end} "
+                        "(slices must tile the layers in order)"
+                    )
+                end = sl.layers[1]
+                if len(sl.source_parameters) > len(self.sources):
+                    raise ValueError(
+                        f"slices[{i}].source_parameters: {len(sl.source_parameters)} entries "
+                        f"for {len(self.sources)} sources"
+                    )
+                for j, params in enumerate(sl.source_parameters):
+                    for name in params:
+                        if name not in per_source:
+                            raise ValueError(
+                                f"slices[{i}].source_parameters[{j}].{name}: not a per-source "
+                                f"parameter of method {self.method!r}"
+                            )
+                for name in sl.parameters:
+                    if name not in known:
+                        raise ValueError(
+                            f"slices[{i}].parameters.{name}: not a parameter of method "
+                            f"{self.method!r}"
+                        )
+        if self.route is not None:
+            for i, hop in enumerate(self.route):
+                if hop.source >= len(self.sources):
+                    raise ValueError(
+                        f"route[{i}].source: {hop.source} is not a source index "
+                        f"(have {len(self.sources)})"
+                    )
+        return self
+
+    # --- parameter resolution -------------------------------------------------------------
+    def _slice_for(self, site: TensorSite) -> LayerSlice | None:
+        if not self.slices:
+            return None
+        if site.layer is None:
+            return self.slices[0] if site.kind == "embed" else self.slices[-1]
+        for sl in self.slices:
+            if sl.layers[0] <= site.layer < sl.layers[1]:
+                return sl
+        raise RecipeError(
+            f"slices: no slice covers layer {site.layer} (tensor {site.name}); the slices end "
+            f"at layer {self.slices[-1].layers[1]}"
+        )
+
+    def _settings(self, site: TensorSite, source_index: int | None):
+        """(settings, site) pairs from highest to lowest precedence, as mergekit orders them."""
+        sl = self._slice_for(site)
+        if sl is not None:
+            local = sl.localise(site)
+            if source_index is not None and source_index < len(sl.source_parameters):
+                yield sl.source_parameters[source_index], local
+            yield sl.parameters, local
+        if source_index is not None:
+            yield self.sources[source_index].parameters, site
+        yield self.parameters, site
+
+    def source_param(self, source_index: int, name: str, site: TensorSite) -> float:
+        """A per-source parameter at one tensor: the most specific setting, else the default."""
+        for settings, where in self._settings(site, source_index):
+            if name in settings:
+                value = evaluate_value(settings[name], where)
+                if value is not None:
+                    return float(value)
+        default = PER_SOURCE_PARAMS[self.method].get(name)
+        if default is None:
+            raise RecipeError(
+                f"sources[{source_index}].parameters.{name}: no value applies to tensor "
+                f"{site.name}"
+            )
+        return float(default)
+
+    def shared_param(self, name: str, site: TensorSite) -> Any:
+        """A method-level parameter (lambda, normalize, t) at one tensor."""
+        for settings, where in self._settings(site, None):
+            if name in settings:
+                value = evaluate_value(settings[name], where)
+                if value is not None:
+                    return value
+        return SHARED_PARAMS[self.method][name]
+
+    # --- serialisation --------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True, exclude_defaults=False)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def digest(self) -> str:
+        """Stable hash of the recipe (dedup cache key, provenance)."""
+        canon = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, data: Any, origin: str = "<recipe>") -> Recipe:
+        if not isinstance(data, dict):
+            raise RecipeError(f"{origin}: expected a mapping at the top level")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise RecipeError(f"{origin}: {_describe(exc)}") from None
+
+    @classmethod
+    def from_yaml(cls, text: str, origin: str = "<recipe>") -> Recipe:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"{origin}: not valid YAML: {exc}") from None
+        return cls.from_dict(data, origin)
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def is_mergekit_config(data: Any) -> bool:
+    """mergekit configs name `merge_method`; ours name `method`."""
+    return isinstance(data, dict) and "merge_method" in data
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read a recipe file: our own format or a mergekit YAML config (detected by its keys)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read recipe: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    if is_mergekit_config(data):
+        from evomerge.mergekit_yaml import recipe_from_mergekit
+
+        recipe = recipe_from_mergekit(data, origin=str(path))
+    else:
+        recipe = Recipe.from_dict(data, origin=str(path))
+    return recipe.model_copy(
+        update={
+            "sources": [
+                s.model_copy(update={"model": _relative_to(path, s.model)}) for s in recipe.sources
+            ],
+            "base": _relative_to(path, recipe.base) if recipe.base else None,
+            "tokenizer_source": (
+                _relative_to(path, recipe.tokenizer_source) if recipe.tokenizer_source else None
+            ),
+        }
+    )
+
+
+def _relative_to(recipe_path: Path, ref: str) -> str:
+    """Resolve a relative local model path against the current directory, else the recipe's
+    folder; leave anything that is not an existing local path (a hub repo id) unchanged."""
+    p = Path(ref).expanduser()
+    if p.is_absolute() or p.exists():
+        return str(p) if not p.exists() else str(p.resolve())
+    candidate = recipe_path.parent / p
+    if candidate.exists():
+        return str(candidate.resolve())
+    return ref
