@@ -10,10 +10,13 @@ Recipe evaluates them with mergekit's rules.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from evomerge.models.architecture import MERGEKIT_FILTER_FOR_KIND
-from evomerge.recipe import METHODS, Recipe, RecipeError
+from evomerge.recipe import METHODS, PER_SOURCE_PARAMS, SHARED_PARAMS, Recipe, RecipeError
+
+log = logging.getLogger(__name__)
 
 # mergekit parameters that have no counterpart here and do not change float32 results.
 _IGNORED = {"int8_mask"}
@@ -31,16 +34,21 @@ def _model_name(ref: Any, where: str) -> str:
 
 
 def _params(raw: Any, where: str, method: str) -> dict[str, Any]:
+    """Parameters the method reads; mergekit ignores the others silently, we log them."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         raise RecipeError(f"{where}: parameters must be a mapping")
+    used = set(PER_SOURCE_PARAMS[method]) | set(SHARED_PARAMS[method])
     out = {}
     for k, v in raw.items():
         if k in _IGNORED:
             continue
         if k == "rescale" and method in ("dare_linear", "dare_ties"):
             continue  # evomerge's DARE always rescales survivors by 1/density
+        if k not in used:
+            log.warning("%s.%s: not used by %s, ignored (as mergekit does)", where, k, method)
+            continue
         out[k] = v
     return out
 

@@ -7,8 +7,9 @@ single place that decides which number applies to which tensor.
 Parameter value forms (any parameter, at global or per-source level):
 
 * a number: the same value everywhere;
-* a list of numbers: a gradient interpolated over the decoder layers (mergekit semantics:
-  t = layer / (L - 1); embeddings take t = 0, the final norm and head t = 1);
+* a list of numbers: a gradient interpolated over the decoder layers (mergekit 0.1.5
+  semantics: t = layer / (L - 1); tensors outside the layers — embeddings, final norm,
+  head — take t = 0, i.e. the first value);
 * ``{"groups": [v0, ..., vG-1]}``: piecewise constant over G equal groups of decoder layers
   (embeddings take the first group, final norm and head the last);
 * a mapping from tensor kind (``attention``, ``mlp``, ``norm``, ``embed``, ``head``, ``other``,
@@ -94,9 +95,10 @@ class TensorSite:
 
     @property
     def t(self) -> float:
-        """Relative depth in [0, 1] used by gradients (mergekit's convention)."""
+        """Relative depth in [0, 1] used by gradients (mergekit's convention: t = 0 outside
+        the decoder layers, for the final norm and head too)."""
         if self.layer is None:
-            return 0.0 if self.kind == "embed" else 1.0
+            return 0.0
         if self.num_layers <= 1:
             return 1.0
         return self.layer / (self.num_layers - 1)

@@ -63,7 +63,7 @@ def test_ties_merge_matches_direct_computation_and_loads_in_transformers(zoo, tm
     assert set(merged) == set(base)
     for name, got in merged.items():
         layer = int(name.split("layers.")[1].split(".")[0]) if "layers." in name else None
-        t = (layer / 2) if layer is not None else (0.0 if "embed" in name else 1.0)
+        t = (layer / 2) if layer is not None else 0.0
         wb = 0.3 if "self_attn" in name else 0.5
         expected = M.ties(base[name], [a[name], b[name]], [0.7, wb], [0.2 + 0.6 * t, 0.5])
         assert torch.allclose(got, expected, atol=1e-6), name
