@@ -48,9 +48,11 @@ def merge(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Build the merged model described by RECIPE into OUT_DIR (sharded safetensors)."""
+    from evomerge.merge.allocator import reuse_freed_memory
     from evomerge.merge.streaming import MergeError, MergeOptions, merge_to_directory, parse_size
     from evomerge.recipe import RecipeError, load_recipe
 
+    reuse_freed_memory()
     try:
         rec = load_recipe(recipe)
         opts = MergeOptions(device=device, shard_size=parse_size(shard_size), workers=workers,

@@ -24,23 +24,23 @@ def topk_magnitude_mask(x: torch.Tensor, k: int) -> torch.Tensor:
         return torch.ones_like(x, dtype=torch.bool)
     if k <= 0:
         return torch.zeros_like(x, dtype=torch.bool)
-    bits = x.detach().float().abs().reshape(-1).view(torch.int32)
-    hi = bits >> 16
-    hi_counts = torch.bincount(hi, minlength=1 << 16)
-    # at_least[b] = number of entries whose high half is >= b
-    at_least = hi_counts.flip(0).cumsum(0).flip(0)
-    b = int(torch.nonzero(at_least >= k).max())
+    # |x| as int32 bit patterns: non-negative floats order like their bit patterns.
+    bits = x.detach().float().reshape(-1).view(torch.int32) & 0x7FFFFFFF
+    hi_counts = torch.bincount(bits >> 16, minlength=1 << 15)
+    at_least = hi_counts.flip(0).cumsum(0).flip(0)  # entries whose high half is >= b
+    b = int(torch.searchsorted(-at_least, -k, right=True)) - 1  # last b with at_least >= k
     need = k - int(at_least[b] - hi_counts[b])
-    lo = bits[hi == b] & 0xFFFF
-    lo_counts = torch.bincount(lo, minlength=1 << 16)
+    # low halves inside bucket b; everything else lands in the two overflow bins
+    lo = (bits - (b << 16)).clamp_(-1, 1 << 16).add_(1)
+    lo_counts = torch.bincount(lo, minlength=(1 << 16) + 2)[1:-1]
     at_least_lo = lo_counts.flip(0).cumsum(0).flip(0)
-    c = int(torch.nonzero(at_least_lo >= need).max())
+    c = int(torch.searchsorted(-at_least_lo, -need, right=True)) - 1
     need_eq = need - int(at_least_lo[c] - lo_counts[c])
     threshold = (b << 16) | c
-    mask = bits > threshold
     if need_eq == int(lo_counts[c]):
-        mask |= bits == threshold
+        mask = bits >= threshold
     else:
+        mask = bits > threshold
         eq_idx = torch.nonzero(bits == threshold).reshape(-1)[:need_eq]
         mask[eq_idx] = True
     return mask.reshape(x.shape)
@@ -101,26 +101,26 @@ def task_vector_merge(
         if fn is not None:
             delta = fn(delta)
         weighted.append(delta.mul_(w))  # delta is always a fresh tensor here
+    mixed = weighted[0].clone()
+    for wd in weighted[1:]:
+        mixed += wd
     if sign_consensus:
-        total = torch.stack(weighted).sum(0) if len(weighted) > 1 else weighted[0].clone()
-        elected_positive = total >= 0
-        mixed = torch.zeros_like(base)
+        # elected sign s = ±1 (a zero sum elects +); w·τ agrees with it iff w·τ·s > 0, so
+        # relu(w·τ·s) is |w·τ| where it agrees and 0 elsewhere: all cheap elementwise ops.
+        sign = torch.sign(mixed).add_(0.5).sign_()
+        mixed.zero_()
         divisor = torch.zeros_like(base) if normalize else None
         for wd, w in zip(weighted, weights, strict=True):
-            agree = torch.where(elected_positive, wd > 0, wd < 0)
-            mixed += wd * agree
+            agreeing = wd.mul_(sign).relu_()
+            mixed += agreeing
             if divisor is not None:
-                divisor += agree * w
+                divisor.add_(agreeing.sign_(), alpha=w)
+        mixed *= sign
         if divisor is not None:
-            divisor[divisor == 0] = 1
-            mixed /= divisor
-    else:
-        mixed = weighted[0].clone()
-        for wd in weighted[1:]:
-            mixed += wd
-        if normalize:
-            div = float(sum(weights))
-            mixed /= div if abs(div) >= 1e-8 else 1.0
+            mixed /= divisor.add_(divisor == 0)  # a zero divisor becomes 1
+    elif normalize:
+        div = float(sum(weights))
+        mixed /= div if abs(div) >= 1e-8 else 1.0
     if lam != 1:
         mixed *= lam
     return base + mixed

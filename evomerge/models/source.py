@@ -110,7 +110,7 @@ class SourceModel:
         if name not in self.entries:
             raise SourceError(f"{self.path}: missing tensor {name}")
         if self._pickled is not None:
-            return self._pickled[name]
+            return self._pickled[name].clone()  # callers own what they read
         try:
             return self._file_of[name].read(name)
         except SafetensorsError as exc:
