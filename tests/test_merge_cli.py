@@ -274,3 +274,27 @@ def test_bad_shard_size_is_named(zoo, tmp_path, bad):
     res = run_cli("merge", ties_recipe(zoo, tmp_path), tmp_path / "o", "--shard-size", bad,
                   ok=False)
     assert "shard size" in res.output
+
+
+def test_hub_ids_resolve_from_the_local_cache_only(zoo, tmp_path, monkeypatch):
+    """A repo id found in the HF cache merges offline; one that is absent is named clearly."""
+    cache = tmp_path / "hub"
+    snap = cache / "models--acme--tiny-a" / "snapshots" / ("0" * 40)
+    shutil.copytree(zoo["a"], snap)
+    (cache / "models--acme--tiny-a" / "refs").mkdir()
+    (cache / "models--acme--tiny-a" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
+    recipe = write_yaml(tmp_path / "hub.yaml", {
+        "method": "linear", "sources": [{"model": "acme/tiny-a"}, {"model": str(zoo["b"])}]})
+    run_cli("merge", recipe, tmp_path / "out")
+    a, b, got = load_dir(zoo["a"]), load_dir(zoo["b"]), load_dir(tmp_path / "out")
+    k = "model.layers.0.mlp.down_proj.weight"
+    assert torch.allclose(got[k], (a[k] + b[k]) / 2)
+    missing = write_yaml(tmp_path / "miss.yaml", {
+        "method": "linear", "sources": [{"model": "acme/not-here"}, {"model": str(zoo["b"])}]})
+    res = run_cli("merge", missing, tmp_path / "out2", ok=False)
+    assert "acme/not-here" in res.output and "--allow-download" in res.output
