@@ -107,6 +107,68 @@ def _layer_count(rec) -> int | None:
     return None
 
 
+@app.command()
+def search(
+    config: Annotated[Path, typer.Argument(help="Search config YAML (see configs/).")],
+    run_dir: Annotated[Path, typer.Option(help="Run directory (created; an existing run of "
+                                               "the same config is resumed).")],
+    budget: Annotated[int | None, typer.Option(help="Evaluations (overrides the config).")]
+    = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (overrides the config).")] = None,
+    progress: Annotated[bool, typer.Option(help="Print progress every 1000 trials.")] = False,
+) -> None:
+    """Run a search to its budget, logging every trial and checkpointing as it goes."""
+    from evomerge.run import ConfigError, RunError, SearchRun
+
+    try:
+        run = SearchRun.create(config, run_dir, budget=budget, seed=seed)
+        state = run.run(progress=progress)
+    except (ConfigError, RunError) as exc:
+        _fail(str(exc))
+    typer.echo(f"{state.trials}/{run.cfg.budget} trials in {run.dir}; best {state.best}")
+
+
+@app.command()
+def resume(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory to continue.")],
+    budget: Annotated[int | None, typer.Option(help="A larger budget than the run's.")] = None,
+    progress: Annotated[bool, typer.Option(help="Print progress every 1000 trials.")] = False,
+) -> None:
+    """Continue an interrupted run; evaluations already logged are not repeated."""
+    from evomerge.run import ConfigError, RunError, SearchRun
+
+    try:
+        run = SearchRun.open(run_dir, budget=budget)
+        state = run.run(progress=progress)
+    except (ConfigError, RunError) as exc:
+        _fail(str(exc))
+    typer.echo(f"{state.trials}/{run.cfg.budget} trials in {run.dir}; best {state.best}")
+
+
+@app.command("report")
+def report_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Summarise a run: trials, budget, best (search and held-out scores) and the front."""
+    import json
+
+    from evomerge.run import ConfigError, RunError, report
+
+    try:
+        data = report(run_dir)
+    except (ConfigError, RunError) as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    typer.echo(f"{data['name']} ({data['controller']}): {data['trials']}/{data['budget']} "
+               f"trials, {data['failed']} failed")
+    if data["best"]:
+        b = data["best"]
+        typer.echo(f"best: trial {b['trial']} search {b['objectives']} held-out {b['heldout']}")
+
+
 @app.command("build-zoo")
 def build_zoo(
     out_dir: Annotated[Path, typer.Argument(help="Where to write base/, math/, code/, chat/.")],

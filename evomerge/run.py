@@ -1,0 +1,324 @@
+"""The search loop and its run directory (DESIGN §7).
+
+A run directory holds the frozen config (`config.yaml`), an append-only trial log
+(`trials.jsonl`, one line per finished evaluation) and the controller checkpoint
+(`checkpoint.pkl`, written atomically every `checkpoint_every` trials). Resume loads the
+checkpoint, asks the controller again — it proposes exactly what it proposed before — and
+answers from the log whatever was already evaluated, so a killed run loses at most the
+evaluations in flight and an inline serial run continues with the same trial sequence.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import pickle
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evomerge.atomic import write_bytes_atomic, write_text_atomic
+from evomerge.search.protocol import Candidate, Controller, Result
+from evomerge.search_config import ConfigError, SearchConfig, load_config
+
+_GENOME_INLINE_MAX = 256  # longer genomes are logged as a digest (the checkpoint holds bests)
+
+
+class RunError(ValueError):
+    """A run directory that cannot be used as asked."""
+
+
+# --- compact per-sample scores -------------------------------------------------------------
+def encode_scores(scores: np.ndarray) -> dict[str, Any]:
+    s = np.asarray(scores)
+    if np.all((s == 0) | (s == 1)):
+        return {"n": int(s.size), "bits": base64.b64encode(np.packbits(s.astype(bool))).decode()}
+    return {"n": int(s.size), "f16": base64.b64encode(s.astype("<f2").tobytes()).decode()}
+
+
+def decode_scores(data: dict[str, Any]) -> np.ndarray:
+    if "bits" in data:
+        bits = np.unpackbits(np.frombuffer(base64.b64decode(data["bits"]), dtype=np.uint8))
+        return bits[: data["n"]].astype(np.float32)
+    return np.frombuffer(base64.b64decode(data["f16"]), dtype="<f2").astype(np.float32)
+
+
+def genome_digest(genome: np.ndarray) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(genome).tobytes(), digest_size=8).hexdigest()
+
+
+# --- building the pieces from the config ---------------------------------------------------
+@dataclass
+class Task:
+    evaluator: Any
+    initial: list[np.ndarray]
+    objectives: list[tuple[str, str]]
+
+
+def build_task(cfg: SearchConfig) -> Task:
+    from evomerge.evaluate import digits
+
+    ev = digits.DigitsEvaluator()
+    rng = np.random.default_rng(cfg.seed)
+    if cfg.task.init == "pretrained":
+        initial = [digits.train_expert(ev.data, range(0, 5), cfg.seed * 2 + 1,
+                                       cfg.task.expert_steps, cfg.task.expert_lr),
+                   digits.train_expert(ev.data, range(5, 10), cfg.seed * 2 + 2,
+                                       cfg.task.expert_steps, cfg.task.expert_lr)]
+    else:
+        n = cfg.controller.archive_size if cfg.controller.kind == "m2n2" else 1
+        initial = [digits.init_params(rng, cfg.task.init_sigma) for _ in range(n)]
+    return Task(ev, initial, list(digits.DigitsEvaluator.objectives))
+
+
+def build_controller(cfg: SearchConfig, task: Task) -> Controller:
+    c = cfg.controller
+    x0 = np.asarray(task.initial[0], dtype=np.float64)
+    if c.kind == "m2n2":
+        from evomerge.search.m2n2 import M2N2, M2N2Settings
+
+        settings = M2N2Settings(archive_size=c.archive_size, alpha=c.alpha,
+                                mutation_sigma=c.mutation_sigma, attraction=c.attraction,
+                                split_point=c.split_point, crossover=c.crossover,
+                                continuous_scores=c.continuous_scores)
+        return M2N2(task.initial, settings, seed=cfg.seed)
+    if c.kind == "cmaes":
+        from evomerge.search.cmaes import CMAES, CMAESSettings
+
+        settings = CMAESSettings(sigma0=c.sigma0 or 1 / 6, popsize=c.popsize,
+                                 separable=c.separable, restarts=c.restarts)
+        return CMAES(x0, None, None, cfg.budget, settings, seed=cfg.seed)
+    if c.kind == "random":
+        from evomerge.search.random_search import RandomSearch
+
+        return RandomSearch(x0, None, None, sigma=c.sigma, seed=cfg.seed)
+    from evomerge.search.optuna_search import OptunaSearch
+
+    lo, hi = x0 - 3 * c.sigma, x0 + 3 * c.sigma
+    return OptunaSearch(lo, hi, task.objectives, c.sampler, cfg.seed, x0)
+
+
+# --- the run -------------------------------------------------------------------------------
+@dataclass
+class Timing:
+    controller: float = 0.0
+    evaluation: float = 0.0
+    logging: float = 0.0
+
+
+@dataclass
+class RunState:
+    trials: int = 0
+    best: dict[str, Any] | None = None
+    best_genome: np.ndarray | None = None
+    timing: Timing = field(default_factory=Timing)
+
+
+class SearchRun:
+    """One run directory: create it, resume it, run it to its budget."""
+
+    def __init__(self, run_dir: Path, cfg: SearchConfig):
+        self.dir = Path(run_dir)
+        self.cfg = cfg
+        self.trials_path = self.dir / "trials.jsonl"
+        self.ckpt_path = self.dir / "checkpoint.pkl"
+
+    # --- opening -----------------------------------------------------------------------
+    @classmethod
+    def create(cls, config_path: str | Path, run_dir: str | Path, budget: int | None = None,
+               seed: int | None = None) -> SearchRun:
+        cfg = load_config(config_path, {"budget": budget, "seed": seed})
+        run_dir = Path(run_dir)
+        if (run_dir / "config.yaml").exists():
+            existing = load_config(run_dir / "config.yaml")
+            if existing.digest() != cfg.digest():
+                raise RunError(
+                    f"{run_dir}: holds a run of a different config; use `evomerge resume "
+                    f"{run_dir}` or another --run-dir")
+            return cls.open(run_dir, budget=cfg.budget)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
+        return cls(run_dir, cfg)
+
+    @classmethod
+    def open(cls, run_dir: str | Path, budget: int | None = None) -> SearchRun:
+        run_dir = Path(run_dir)
+        if not (run_dir / "config.yaml").exists():
+            raise RunError(f"{run_dir}: not a run directory (no config.yaml)")
+        cfg = load_config(run_dir / "config.yaml")
+        run = cls(run_dir, cfg)
+        ckpt = run._load_checkpoint()
+        if ckpt is not None and ckpt["config_digest"] != cfg.digest():
+            raise RunError(
+                f"{run_dir / 'config.yaml'}: changed since the run started (only budget and "
+                "max_seconds may change on resume); restore it or start a new run")
+        if budget is not None:
+            if budget < cfg.budget:
+                raise RunError(f"--budget: {budget} is below the run's budget {cfg.budget}")
+            if budget != cfg.budget:
+                cfg = cfg.model_copy(update={"budget": budget})
+                write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
+                run.cfg = cfg
+        return run
+
+    # --- log and checkpoint --------------------------------------------------------------
+    def _read_log(self) -> list[dict[str, Any]]:
+        """Trial lines; a torn last line (killed mid-write) is cut off the file."""
+        if not self.trials_path.exists():
+            return []
+        raw = self.trials_path.read_bytes()
+        end = raw.rfind(b"\n") + 1
+        if end != len(raw):
+            with open(self.trials_path, "r+b") as f:
+                f.truncate(end)
+        return [json.loads(line) for line in raw[:end].splitlines() if line.strip()]
+
+    def _load_checkpoint(self) -> dict[str, Any] | None:
+        if not self.ckpt_path.exists():
+            return None
+        try:
+            return pickle.loads(self.ckpt_path.read_bytes())
+        except Exception as exc:
+            raise RunError(f"{self.ckpt_path}: unreadable checkpoint ({exc})") from None
+
+    def _checkpoint(self, controller: Controller, state: RunState) -> None:
+        blob = pickle.dumps({
+            "trials": state.trials,
+            "config_digest": self.cfg.digest(),
+            "controller": controller.state_dict(),
+            "best": state.best,
+            "best_genome": state.best_genome,
+            "timing": state.timing,
+        })
+        write_bytes_atomic(self.ckpt_path, blob)
+
+    # --- the loop ----------------------------------------------------------------------
+    def run(self, stop_after: int | None = None, progress: bool = False) -> RunState:
+        """Run to the budget (or `stop_after` more trials); returns the final state."""
+        task = build_task(self.cfg)
+        controller = build_controller(self.cfg, task)
+        state = RunState()
+        ckpt = self._load_checkpoint()
+        if ckpt is not None:
+            controller.load_state_dict(ckpt["controller"])
+            state = RunState(ckpt["trials"], ckpt["best"], ckpt["best_genome"], ckpt["timing"])
+        if hasattr(controller, "budget"):
+            controller.budget = self.cfg.budget
+        logged = self._read_log()
+        replay = {line["id"]: line for line in logged[state.trials:]}
+        primary, direction = task.objectives[0]
+        sign = 1.0 if direction == "maximize" else -1.0
+        deadline = time.monotonic() + self.cfg.max_seconds if self.cfg.max_seconds else None
+        done_here = 0
+        with open(self.trials_path, "a", buffering=1) as log:
+            while state.trials < self.cfg.budget:
+                if stop_after is not None and done_here >= stop_after:
+                    break
+                if deadline is not None and time.monotonic() > deadline and not replay:
+                    break
+                t0 = time.perf_counter()
+                cands = controller.ask()
+                state.timing.controller += time.perf_counter() - t0
+                cands = cands[: self.cfg.budget - state.trials]
+                told = []
+                for cand in cands:
+                    line = replay.pop(cand.id, None)
+                    if line is not None:
+                        res = _result_from_line(line)
+                    else:
+                        res = self._evaluate(task, cand, sign, primary, state)
+                        t1 = time.perf_counter()
+                        log.write(json.dumps(_line(state.trials, cand, res)) + "\n")
+                        state.timing.logging += time.perf_counter() - t1
+                        done_here += 1
+                    if res.heldout is not None:
+                        state.best = {"trial": state.trials, "objectives": res.objectives,
+                                      "heldout": res.heldout}
+                        state.best_genome = cand.genome
+                    state.trials += 1
+                    told.append((cand, res))
+                t0 = time.perf_counter()
+                controller.tell(told)
+                state.timing.controller += time.perf_counter() - t0
+                if state.trials % self.cfg.checkpoint_every < len(told) or \
+                        state.trials >= self.cfg.budget:
+                    log.flush()
+                    os.fsync(log.fileno())
+                    self._checkpoint(controller, state)
+                if progress and state.trials % 1000 == 0:
+                    print(f"{state.trials}/{self.cfg.budget} best {state.best}", flush=True)
+        return state
+
+    def _evaluate(self, task: Task, cand: Candidate, sign: float, primary: str,
+                  state: RunState) -> Result:
+        t0 = time.perf_counter()
+        try:
+            objectives, scores = task.evaluator.evaluate(cand.genome)
+            res = Result(cand.id, sign * objectives[primary], objectives, scores)
+        except Exception as exc:  # a failed candidate is logged, never fatal to the run
+            res = Result(cand.id, -np.inf, status="failed", error=f"{type(exc).__name__}: {exc}")
+        best_f = -np.inf if state.best is None else sign * state.best["objectives"][primary]
+        if res.status == "ok" and res.fitness > best_f:
+            res.heldout = task.evaluator.heldout(cand.genome)
+        res.seconds = time.perf_counter() - t0
+        state.timing.evaluation += res.seconds
+        return res
+
+
+def _line(trial: int, cand: Candidate, res: Result) -> dict[str, Any]:
+    line: dict[str, Any] = {"trial": trial, "id": cand.id, "status": res.status,
+                            "fitness": res.fitness if np.isfinite(res.fitness) else None,
+                            "objectives": res.objectives, "seconds": round(res.seconds, 6)}
+    if res.scores is not None:
+        line["scores"] = encode_scores(res.scores)
+    if cand.genome.size <= _GENOME_INLINE_MAX:
+        line["genome"] = [float(v) for v in cand.genome]
+    else:
+        line["genome_digest"] = genome_digest(cand.genome)
+    if res.heldout is not None:
+        line["heldout"] = res.heldout
+    if res.error:
+        line["error"] = res.error
+    return line
+
+
+def _result_from_line(line: dict[str, Any]) -> Result:
+    fitness = line["fitness"] if line["fitness"] is not None else -np.inf
+    scores = decode_scores(line["scores"]) if "scores" in line else None
+    return Result(line["id"], fitness, line["objectives"], scores, line["status"],
+                  line.get("heldout"), line["seconds"], line.get("error"))
+
+
+def report(run_dir: str | Path) -> dict[str, Any]:
+    """What a person (or a script) wants to know about a run."""
+    run = SearchRun.open(run_dir)
+    lines = run._read_log()
+    ckpt = run._load_checkpoint()
+    best = None
+    for line in lines:
+        if "heldout" in line:
+            best = {"trial": line["trial"], "objectives": line["objectives"],
+                    "heldout": line["heldout"]}
+    timing = ckpt["timing"] if ckpt else Timing()
+    n = max(len(lines), 1)
+    return {
+        "run_dir": str(run.dir),
+        "name": run.cfg.name,
+        "controller": run.cfg.controller.kind,
+        "trials": len(lines),
+        "budget": run.cfg.budget,
+        "failed": sum(1 for x in lines if x["status"] != "ok"),
+        "best": best,
+        "front": [best] if best else [],
+        "seconds": {"evaluation": sum(x["seconds"] for x in lines),
+                    "controller_per_trial": timing.controller / n,
+                    "logging_per_trial": timing.logging / n},
+    }
+
+
+__all__ = ["ConfigError", "RunError", "SearchRun", "report"]

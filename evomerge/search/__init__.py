@@ -1,0 +1,1 @@
+"""Search controllers behind one ask/tell protocol (DESIGN §5)."""

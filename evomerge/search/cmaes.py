@@ -1,0 +1,155 @@
+"""CMA-ES on pycma (DESIGN §5): the paper's PS setting and restarts.
+
+Defaults: x0 from the space (0.5 in the unit box), σ₀ = 1/6, population 4 + ⌊3 ln n⌋; bounds
+through pycma's boundary handler; `separable` (diagonal covariance) for high dimensions;
+IPOP or BIPOP restarts. pycma minimises, so fitness is negated. pycma samples from numpy's
+global RNG, so that state travels with the checkpoint; the budget is exact: the last
+generation is asked only partly and never told.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from evomerge.search.protocol import Candidate, Controller, Result
+
+
+def _global_randn(*shape: int) -> np.ndarray:
+    """pycma's sampler. Its default, the bound method `np.random.randn`, pickles as a private
+    copy of the global RandomState, so a checkpointed strategy would stop following the stream
+    this controller swaps in; a module-level function pickles by name."""
+    return np.random.randn(*shape)
+
+
+@dataclass
+class CMAESSettings:
+    sigma0: float = 1 / 6
+    popsize: int | None = None  # None: 4 + floor(3 ln n)
+    separable: bool = False
+    restarts: Literal["none", "ipop", "bipop"] = "none"
+    max_restarts: int = 9
+
+
+class CMAES(Controller):
+    name = "cmaes"
+
+    def __init__(self, x0: np.ndarray, lower: np.ndarray | None, upper: np.ndarray | None,
+                 budget: int, settings: CMAESSettings | None = None, seed: int = 0):
+        self.s = settings or CMAESSettings()
+        self.x0 = np.asarray(x0, dtype=np.float64)
+        self.lower, self.upper = lower, upper
+        self.budget = budget
+        self.seed = seed
+        self.default_popsize = self.s.popsize or 4 + int(3 * math.log(len(self.x0)))
+        self.restart = 0
+        self.large_popsize = self.default_popsize
+        self.spent = {"large": 0, "small": 0}
+        self.regime = "large"
+        self.asked = 0
+        self.next_id = 0
+        self.best_x: np.ndarray | None = None
+        self.best_f = -np.inf
+        self._generation: list[Candidate] = []
+        self._solutions: list[np.ndarray] = []
+        self._told: dict[int, float] = {}
+        self._np_rng = np.random.RandomState(seed)
+        self._boundary: bytes | None = None
+        self.es = self._new_es(self.default_popsize, self.s.sigma0)
+
+    def _new_es(self, popsize: int, sigma0: float):
+        import cma
+
+        opts: dict[str, Any] = {"popsize": popsize, "verbose": -9,
+                                "seed": self.seed * 1000 + self.restart + 1,
+                                "CMA_diagonal": self.s.separable, "tolfun": 1e-12,
+                                "maxfevals": math.inf, "randn": _global_randn}
+        if self.lower is not None and self.upper is not None:
+            opts["bounds"] = [list(map(float, self.lower)), list(map(float, self.upper))]
+        state = np.random.get_state()
+        es = cma.CMAEvolutionStrategy(self.x0.tolist(), sigma0, opts)
+        self._np_state = np.random.get_state()
+        np.random.set_state(state)
+        return es
+
+    def ask(self, limit: int | None = None) -> list[Candidate]:
+        """The rest of the current generation (at most `limit`, and never past the budget)."""
+        if not self._solutions:
+            if self.es.stop() and self.s.restarts != "none" and self.restart < self.s.max_restarts:
+                self._restart()
+            self._boundary = None
+            self._boundary = pickle.dumps(self.__dict__)
+            with self._own_rng():
+                self._solutions = [np.asarray(x) for x in self.es.ask()]
+            self._generation = []
+            self._told = {}
+        remaining = self.budget - self.asked
+        start = len(self._generation)
+        n = min(len(self._solutions) - start, remaining, limit if limit else math.inf)
+        out = []
+        for x in self._solutions[start:start + int(n)]:
+            cand = Candidate(self.next_id, x.copy(), {"restart": self.restart})
+            self.next_id += 1
+            self._generation.append(cand)
+            out.append(cand)
+        self.asked += len(out)
+        return out
+
+    def tell(self, results: list[tuple[Candidate, Result]]) -> None:
+        for cand, res in results:
+            f = res.fitness if res.status == "ok" and np.isfinite(res.fitness) else -1e300
+            self._told[cand.id] = f
+            if f > self.best_f:
+                self.best_f, self.best_x = f, cand.genome
+        if len(self._told) == len(self._solutions) and self._solutions:
+            fits = [-self._told[c.id] for c in self._generation]
+            with self._own_rng():
+                self.es.tell(self._solutions, fits)
+            self.spent[self.regime] += len(self._solutions)
+            self._solutions, self._generation, self._told = [], [], {}
+
+    @contextmanager
+    def _own_rng(self):
+        """pycma draws from numpy's global RNG; swap in this controller's own stream."""
+        outer = np.random.get_state()
+        np.random.set_state(self._np_state)
+        try:
+            yield
+        finally:
+            self._np_state = np.random.get_state()
+            np.random.set_state(outer)
+
+    def _restart(self) -> None:
+        """IPOP doubles the population each restart; BIPOP interleaves small-population runs
+        with random σ₀ whenever they have used less budget than the large-population regime."""
+        self.restart += 1
+        rng = self._np_rng
+        if self.s.restarts == "ipop" or self.spent["small"] >= self.spent["large"]:
+            self.regime = "large"
+            self.large_popsize *= 2
+            self.es = self._new_es(self.large_popsize, self.s.sigma0)
+        else:
+            self.regime = "small"
+            u = rng.uniform()
+            ratio = self.large_popsize / (2 * self.default_popsize)
+            pop = max(2, int(self.default_popsize * ratio ** (rng.uniform() ** 2)))
+            self.es = self._new_es(pop, self.s.sigma0 * 10 ** (-2 * u))
+
+    def best_genome(self) -> np.ndarray | None:
+        return self.best_x
+
+    def state_dict(self) -> dict[str, Any]:
+        # pycma's state does not survive a round trip between ask and tell (its tell then
+        # updates differently), so a half-told generation checkpoints as the snapshot taken
+        # when it was asked: loading it asks the same generation again, with the same ids.
+        if self._solutions:
+            return {"blob": self._boundary}
+        return {"blob": pickle.dumps({**self.__dict__, "_boundary": None})}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(pickle.loads(state["blob"]))

@@ -1,0 +1,216 @@
+"""M2N2: competition for data points, mate selection by attraction, crossover with a moving
+split point (DESIGN §5; "Competition and Attraction Improve Model Fusion").
+
+Steady state: one child per step. The archive holds P members and their per-sample scores
+S (P × N). Two individual types share the algorithm: flat parameter vectors, and seed mixtures
+(per-group coefficients over K seed models, whose SLERP needs only the seeds' Gram matrices).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from evomerge.search.protocol import Candidate, Controller, Result
+
+
+def slerp_coefficients(w: float | np.ndarray, dot: np.ndarray, norm_a: np.ndarray,
+                       norm_b: np.ndarray, threshold: float = 0.9995,
+                       eps: float = 1e-12) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients (ca, cb) with slerp(w; a, b) = ca·a + cb·b, from ⟨a,b⟩ and the norms.
+
+    Works elementwise over groups; falls back to linear interpolation when a and b are
+    (anti)parallel or one is zero, as the weight-space SLERP does.
+    """
+    denom = np.maximum(norm_a * norm_b, eps)
+    cos = np.clip(dot / denom, -1.0, 1.0)
+    w = np.broadcast_to(np.asarray(w, dtype=np.float64), cos.shape)
+    linear = (np.abs(cos) > threshold) | (norm_a * norm_b <= eps)
+    theta = np.arccos(np.where(linear, 0.0, cos))
+    sin = np.where(linear, 1.0, np.sin(theta))
+    ca = np.where(linear, 1 - w, np.sin((1 - w) * theta) / sin)
+    cb = np.where(linear, w, np.sin(w * theta) / sin)
+    return ca, cb
+
+
+class FlatIndividuals:
+    """Members are raw parameter vectors; the split point moves over single parameters."""
+
+    def split_units(self, genome: np.ndarray) -> int:
+        return genome.size
+
+    def crossover(self, a: np.ndarray, b: np.ndarray, w: float, split: int | None
+                  ) -> np.ndarray:
+        dot = np.array(np.dot(a, b), dtype=np.float64)
+        na = np.array(np.sqrt(np.dot(a, a)), dtype=np.float64)
+        nb = np.array(np.sqrt(np.dot(b, b)), dtype=np.float64)
+        ca, cb = slerp_coefficients(w, dot, na, nb)
+        if split is None:
+            return (float(ca) * a + float(cb) * b).astype(a.dtype)
+        ca2, cb2 = slerp_coefficients(1 - w, dot, na, nb)
+        child = np.empty_like(a)
+        child[:split] = float(ca) * a[:split] + float(cb) * b[:split]
+        child[split:] = float(ca2) * a[split:] + float(cb2) * b[split:]
+        return child
+
+
+class SeedMixtures:
+    """Members are per-group coefficient vectors over K seeds: θ_g = Σ_k c[g,k]·θ_{k,g}.
+
+    SLERP of two members is again a mixture: its angle needs ⟨θ_A, θ_B⟩_g = c_A,gᵀ G_g c_B,g
+    with G_g the seeds' Gram matrix for group g, computed once. The archive costs kilobytes.
+    The split point moves over groups (layers / tensors), not single parameters.
+    """
+
+    def __init__(self, gram: np.ndarray):
+        gram = np.asarray(gram, dtype=np.float64)
+        if gram.ndim != 3 or gram.shape[1] != gram.shape[2]:
+            raise ValueError(f"gram: expected shape (groups, K, K), got {gram.shape}")
+        self.gram = gram
+        self.groups, self.k = gram.shape[0], gram.shape[1]
+
+    def split_units(self, genome: np.ndarray) -> int:
+        return self.groups
+
+    def crossover(self, a: np.ndarray, b: np.ndarray, w: float, split: int | None
+                  ) -> np.ndarray:
+        ca_, cb_ = a.reshape(self.groups, self.k), b.reshape(self.groups, self.k)
+        dot = np.einsum("gi,gij,gj->g", ca_, self.gram, cb_)
+        na = np.sqrt(np.maximum(np.einsum("gi,gij,gj->g", ca_, self.gram, ca_), 0))
+        nb = np.sqrt(np.maximum(np.einsum("gi,gij,gj->g", cb_, self.gram, cb_), 0))
+        ww = np.full(self.groups, w)
+        if split is not None:
+            ww[split:] = 1 - w
+        x, y = slerp_coefficients(ww, dot, na, nb)
+        return (x[:, None] * ca_ + y[:, None] * cb_).reshape(-1)
+
+
+@dataclass
+class M2N2Settings:
+    archive_size: int = 20
+    alpha: float = 1.0
+    mutation_sigma: float = 0.0
+    attraction: bool = True
+    split_point: bool = True
+    crossover: bool = True
+    continuous_scores: bool = False  # c_j = max_k S[k,j] instead of 1
+
+
+class M2N2(Controller):
+    """Steady-state M2N2 over flat vectors or seed mixtures."""
+
+    name = "m2n2"
+
+    def __init__(self, initial: list[np.ndarray], settings: M2N2Settings | None = None,
+                 individuals: FlatIndividuals | SeedMixtures | None = None, seed: int = 0):
+        if not initial:
+            raise ValueError("m2n2: needs at least one initial member")
+        self.s = settings or M2N2Settings()
+        self.ind = individuals or FlatIndividuals()
+        self.rng = np.random.default_rng(seed)
+        self.next_id = 0
+        self.pending_initial = [np.asarray(g) for g in initial]
+        self.genomes: list[np.ndarray] = []
+        self.scores: np.ndarray | None = None  # P × N
+        self.fitness_of_best: float = -np.inf
+        self.best: np.ndarray | None = None
+
+    # --- the algorithm -------------------------------------------------------------------
+    def shared_fitness(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(F, fitness): F[k,j] = c_j·S[k,j] / z_j^α with z_j = Σ_k S[k,j] (0 → 1)."""
+        z = scores.sum(axis=0)
+        z[z == 0] = 1.0
+        c = scores.max(axis=0) if self.s.continuous_scores else 1.0
+        f = c * scores / z**self.s.alpha if self.s.alpha != 0 else c * scores
+        return f, f.sum(axis=1)
+
+    def _pick(self, weights: np.ndarray) -> int:
+        total = weights.sum()
+        if total <= 0 or not np.isfinite(total):
+            return int(self.rng.integers(len(weights)))
+        return int(self.rng.choice(len(weights), p=weights / total))
+
+    def _child(self) -> tuple[np.ndarray, dict[str, Any]]:
+        assert self.scores is not None
+        f, fitness = self.shared_fitness(self.scores)
+        a = self._pick(fitness)
+        info: dict[str, Any] = {"parent_a": a}
+        genome = self.genomes[a]
+        if self.s.crossover and len(self.genomes) > 1:
+            if self.s.attraction:
+                g = np.maximum(0.0, f - f[a]).sum(axis=1)
+                b = self._pick(g) if g.sum() > 0 else self._pick(fitness)
+            else:
+                b = self._pick(fitness)
+            w = float(self.rng.uniform())
+            split = None
+            if self.s.split_point:
+                split = int(self.rng.uniform() * self.ind.split_units(genome))
+            genome = self.ind.crossover(genome, self.genomes[b], w, split)
+            info.update(parent_b=b, w=w, split=split)
+        else:
+            genome = genome.copy()
+        if self.s.mutation_sigma > 0:
+            noise = self.rng.standard_normal(genome.shape, dtype=np.float32)
+            genome = genome + (noise * self.s.mutation_sigma).astype(genome.dtype)
+        return genome, info
+
+    # --- ask / tell ------------------------------------------------------------------------
+    def ask(self) -> list[Candidate]:
+        if self.pending_initial:
+            genome = self.pending_initial[0]
+            info: dict[str, Any] = {"initial": True}
+        else:
+            genome, info = self._child()
+        cand = Candidate(self.next_id, genome, info)
+        self.next_id += 1
+        return [cand]
+
+    def tell(self, results: list[tuple[Candidate, Result]]) -> None:
+        for cand, res in results:
+            if cand.info.get("initial"):
+                self.pending_initial.pop(0)
+            if res.status != "ok" or res.scores is None:
+                continue  # a failed child never enters the archive
+            row = np.asarray(res.scores, dtype=np.float64)[None, :]
+            if res.fitness > self.fitness_of_best:
+                self.fitness_of_best, self.best = res.fitness, cand.genome
+            if self.scores is None:
+                self.scores = row
+            else:
+                if row.shape[1] != self.scores.shape[1]:
+                    raise ValueError(
+                        f"m2n2: result of candidate {cand.id} has {row.shape[1]} per-sample "
+                        f"scores, the archive {self.scores.shape[1]}")
+                self.scores = np.vstack([self.scores, row])
+            self.genomes.append(cand.genome)
+            if len(self.genomes) > self.s.archive_size:
+                _, fitness = self.shared_fitness(self.scores)
+                worst = int(np.argmin(fitness))
+                del self.genomes[worst]
+                self.scores = np.delete(self.scores, worst, axis=0)
+
+    def best_genome(self) -> np.ndarray | None:
+        return self.best
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "rng": self.rng.bit_generator.state,
+            "next_id": self.next_id,
+            "pending_initial": list(self.pending_initial),
+            "genomes": list(self.genomes),
+            "scores": self.scores,
+            "fitness_of_best": self.fitness_of_best,
+            "best": self.best,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.next_id = state["next_id"]
+        self.pending_initial = list(state["pending_initial"])
+        self.genomes = list(state["genomes"])
+        self.scores = state["scores"]
+        self.fitness_of_best = state["fitness_of_best"]
+        self.best = state["best"]

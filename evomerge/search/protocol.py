@@ -1,0 +1,65 @@
+"""The ask/tell protocol every controller speaks.
+
+The controller never sees tensors: it proposes genomes (vectors), and is told objectives and
+per-sample scores. Its whole state round-trips through `state_dict()`, which the run loop
+checkpoints atomically; after `load_state_dict`, asking again proposes exactly what it proposed
+before the checkpoint, which is what makes resume replay deterministic.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Candidate:
+    """One proposal: an id unique within the run and a genome."""
+
+    id: int
+    genome: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    """What an evaluation returns. `fitness` is the scalar the controller maximises (the
+    primary objective, sign-adjusted by the loop); `scores` are per-sample scores on the search
+    split in [0, 1] (M2N2 needs them)."""
+
+    candidate_id: int
+    fitness: float
+    objectives: dict[str, float] = field(default_factory=dict)
+    scores: np.ndarray | None = None
+    status: str = "ok"  # "ok" or "failed"
+    heldout: dict[str, float] | None = None
+    seconds: float = 0.0
+    error: str | None = None
+
+
+class Controller(ABC):
+    """ask() → candidates; tell(candidate, result) pairs; state round-trips for resume."""
+
+    name: str = "controller"
+
+    @abstractmethod
+    def ask(self) -> list[Candidate]:
+        """Next candidates to evaluate (a generation, or one child for steady-state)."""
+
+    @abstractmethod
+    def tell(self, results: list[tuple[Candidate, Result]]) -> None:
+        """Results for candidates previously asked, in any order."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly; picklable."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def best_genome(self) -> np.ndarray | None:
+        """The genome the controller currently believes best (for reports)."""
+        return None

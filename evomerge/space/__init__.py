@@ -1,0 +1,1 @@
+"""Genome ↔ recipe codecs: parameter space, data-flow space, their combination, flat vectors."""

@@ -1,0 +1,34 @@
+"""What a search space is: a box of genomes and a decoder from genome to what gets evaluated."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+
+class Space(ABC):
+    """A genome space. Controllers see only `dim`, the bounds and `initial()`; the executor
+    sees only `decode()`."""
+
+    @property
+    @abstractmethod
+    def dim(self) -> int: ...
+
+    @property
+    def lower(self) -> np.ndarray | None:
+        """Lower bounds, or None when unbounded."""
+        return None
+
+    @property
+    def upper(self) -> np.ndarray | None:
+        return None
+
+    @abstractmethod
+    def initial(self) -> np.ndarray:
+        """The starting genome (x0 for CMA-ES)."""
+
+    @abstractmethod
+    def decode(self, genome: np.ndarray) -> Any:
+        """A Recipe (PS/DFS spaces) or raw parameters (flat space)."""

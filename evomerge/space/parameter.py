@@ -1,0 +1,205 @@
+"""Parameter space (PS, DESIGN §3): merge parameters per source × tensor kind × layer group.
+
+The genome lives in the unit box [0, 1]^n so that one CMA-ES step size (σ₀ = 1/6, x0 = 0.5,
+the paper's setting) fits every gene; `decode` scales each gene into its parameter's range.
+
+Gene order (source-major; `describe()` lists the names):
+
+1. for each source k, for each per-source parameter p (weight, density, gamma — those the
+   searched method(s) read), for each tensor kind in `kinds`, for each layer group g:
+   ``src{k}.{p}[.{kind}][.g{g}]``;
+2. for each shared parameter (``t`` when slerp is searched, ``lambda`` when `search_lambda`),
+   the same kind × group cells: ``{p}[.{kind}][.g{g}]``;
+3. when several methods are searched, one last gene ``method``: [0, 1] cut into equal bins,
+   one per method in the given order.
+
+With a method choice the genome keeps every method's genes (fixed dimension); decoding keeps
+only those the chosen method reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from evomerge.recipe import PER_SOURCE_PARAMS, SHARED_PARAMS, TENSOR_KINDS, Recipe
+from evomerge.space.base import Space
+
+# Ranges a gene's [0, 1] maps onto. lambda's and t's midpoints equal the method defaults, so
+# the initial genome (0.5 everywhere) starts from the untuned method there.
+DEFAULT_RANGES: dict[str, tuple[float, float]] = {
+    "weight": (0.0, 1.0),
+    "density": (0.1, 1.0),
+    "gamma": (0.0, 0.1),
+    "t": (0.0, 1.0),
+    "lambda": (0.0, 2.0),
+}
+_PER_SOURCE_ORDER = ("weight", "density", "gamma")
+
+
+class ParameterSpace(Space):
+    """Genome ↔ parameter-merge Recipe; see the module docstring for the gene order."""
+
+    def __init__(
+        self,
+        sources: Sequence[str],
+        base: str | None = None,
+        method: str | None = None,
+        methods: Sequence[str] | None = None,
+        groups: int = 1,
+        kinds: Sequence[str] = ("default",),
+        weight_range: tuple[float, float] | None = None,
+        density_range: tuple[float, float] | None = None,
+        ranges: Mapping[str, tuple[float, float]] | None = None,
+        search_lambda: bool = False,
+        dtype: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        if (method is None) == (methods is None):
+            raise ValueError("give exactly one of `method` or `methods`")
+        self.methods: list[str] = [method] if method is not None else list(methods or [])
+        if not self.methods or len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods: need distinct method names, got {self.methods}")
+        unknown = [m for m in self.methods if m not in PER_SOURCE_PARAMS]
+        if unknown:
+            raise ValueError(f"methods: unknown {unknown} (known: {sorted(PER_SOURCE_PARAMS)})")
+        if not sources:
+            raise ValueError("sources: need at least one source model")
+        if groups < 1:
+            raise ValueError(f"groups: need at least 1, got {groups}")
+        self.kinds = list(kinds)
+        allowed = set(TENSOR_KINDS) | {"default"}
+        if not self.kinds or len(set(self.kinds)) != len(self.kinds):
+            raise ValueError(f"kinds: need distinct kinds, got {self.kinds}")
+        if set(self.kinds) - allowed:
+            raise ValueError(f"kinds: unknown {sorted(set(self.kinds) - allowed)}")
+        # A kind map without "default" leaves uncovered tensors at the method default (weight
+        # 1.0), which no gene controls: refuse it rather than search a silently fixed part.
+        if "default" not in self.kinds and not set(TENSOR_KINDS) <= set(self.kinds):
+            raise ValueError(
+                f"kinds: {self.kinds} leave {sorted(set(TENSOR_KINDS) - set(self.kinds))} "
+                "uncovered; add 'default'"
+            )
+        self.sources = list(sources)
+        self.base = base
+        self.groups = groups
+        self.dtype = dtype
+        self.seed = seed
+        self.ranges = dict(DEFAULT_RANGES)
+        self.ranges.update(ranges or {})
+        if weight_range is not None:
+            self.ranges["weight"] = weight_range
+        if density_range is not None:
+            self.ranges["density"] = density_range
+        for name, (lo, hi) in self.ranges.items():
+            if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
+                raise ValueError(f"ranges.{name}: need finite lo <= hi, got {(lo, hi)}")
+
+        used = {p for m in self.methods for p in PER_SOURCE_PARAMS[m]}
+        self.per_source_params = [p for p in _PER_SOURCE_ORDER if p in used]
+        self.shared_params: list[str] = []
+        if "slerp" in self.methods:
+            self.shared_params.append("t")
+        if search_lambda and any("lambda" in SHARED_PARAMS[m] for m in self.methods):
+            self.shared_params.append("lambda")
+        self._cells = [(k, g) for k in self.kinds for g in range(groups)]
+        self._names = self._gene_names()
+        for m in self.methods:  # fail at construction, not mid-search
+            self._recipe(m, np.full(self.dim, 0.5))
+
+    # --- Space ------------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return len(self._names)
+
+    @property
+    def lower(self) -> np.ndarray:
+        return np.zeros(self.dim)
+
+    @property
+    def upper(self) -> np.ndarray:
+        return np.ones(self.dim)
+
+    def initial(self) -> np.ndarray:
+        """0.5 everywhere: the paper's x0, the centre of the box."""
+        return np.full(self.dim, 0.5)
+
+    def decode(self, genome: np.ndarray) -> Recipe:
+        x = self._check(genome)
+        return self._recipe(self.method_of(x), x)
+
+    # --- helpers ----------------------------------------------------------------------------
+    def describe(self) -> list[str]:
+        """Gene names in genome order."""
+        return list(self._names)
+
+    def method_of(self, genome: np.ndarray) -> str:
+        """The method a genome picks: equal bins of the last gene when several are searched."""
+        if len(self.methods) == 1:
+            return self.methods[0]
+        u = float(np.clip(genome[-1], 0.0, 1.0))
+        return self.methods[min(int(u * len(self.methods)), len(self.methods) - 1)]
+
+    def _gene_names(self) -> list[str]:
+        def cell_suffix(kind: str, g: int) -> str:
+            s = f".{kind}" if self.kinds != ["default"] else ""
+            return s + (f".g{g}" if self.groups > 1 else "")
+
+        names = [
+            f"src{k}.{p}{cell_suffix(kind, g)}"
+            for k in range(len(self.sources))
+            for p in self.per_source_params
+            for kind, g in self._cells
+        ]
+        names += [
+            f"{p}{cell_suffix(kind, g)}" for p in self.shared_params for kind, g in self._cells
+        ]
+        if len(self.methods) > 1:
+            names.append("method")
+        return names
+
+    def _check(self, genome: np.ndarray) -> np.ndarray:
+        x = np.asarray(genome, dtype=np.float64).reshape(-1)
+        if x.size != self.dim:
+            raise ValueError(f"genome: expected {self.dim} genes, got {x.size}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("genome: contains non-finite values")
+        return np.clip(x, 0.0, 1.0)
+
+    def _value(self, name: str, unit: np.ndarray) -> Any:
+        """One parameter's recipe value from its cells' genes (kind-major, then group)."""
+        lo, hi = self.ranges[name]
+        vals = [float(lo + u * (hi - lo)) for u in unit]
+        per_kind: dict[str, Any] = {}
+        for i, kind in enumerate(self.kinds):
+            row = vals[i * self.groups : (i + 1) * self.groups]
+            per_kind[kind] = row[0] if self.groups == 1 else {"groups": row}
+        return per_kind["default"] if self.kinds == ["default"] else per_kind
+
+    def _recipe(self, method: str, x: np.ndarray) -> Recipe:
+        n = len(self._cells)
+        pos = 0
+        sources = []
+        for ref in self.sources:
+            params = {}
+            for p in self.per_source_params:
+                if p in PER_SOURCE_PARAMS[method]:
+                    params[p] = self._value(p, x[pos : pos + n])
+                pos += n
+            sources.append({"model": ref, "parameters": params})
+        shared = {}
+        for p in self.shared_params:
+            if p in SHARED_PARAMS[method]:
+                shared[p] = self._value(p, x[pos : pos + n])
+            pos += n
+        data: dict[str, Any] = {
+            "method": method,
+            "sources": sources,
+            "base": self.base,
+            "parameters": shared,
+            "dtype": self.dtype,
+            "seed": self.seed,
+        }
+        return Recipe.from_dict({k: v for k, v in data.items() if v is not None}, "<ps genome>")

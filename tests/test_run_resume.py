@@ -1,0 +1,121 @@
+"""Run directory, trial log, checkpoints and resume (DESIGN §7)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from evomerge.cli import app
+from evomerge.run import SearchRun, decode_scores, encode_scores
+
+from .conftest import write_yaml
+
+runner = CliRunner()
+
+
+def config(tmp_path: Path, name: str = "cfg.yaml", **controller) -> Path:
+    ctrl = {"kind": "m2n2", "archive_size": 6, "mutation_sigma": 0.01, **controller}
+    return write_yaml(tmp_path / name, {"name": "t", "seed": 3, "budget": 400,
+                                        "checkpoint_every": 50, "controller": ctrl})
+
+
+def trials(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "trials.jsonl").read_text().splitlines()]
+
+
+def signature(lines: list[dict]) -> list[tuple]:
+    return [(x["trial"], x["id"], x["fitness"], x.get("genome_digest"), x["scores"]["bits"])
+            for x in lines]
+
+
+def test_scores_round_trip_compactly():
+    import numpy as np
+
+    bits = (np.random.default_rng(0).random(1437) > 0.5).astype(np.float32)
+    enc = encode_scores(bits)
+    assert len(json.dumps(enc)) < 300
+    assert (decode_scores(enc) == bits).all()
+    cont = np.linspace(0, 1, 11).astype(np.float32)
+    assert np.allclose(decode_scores(encode_scores(cont)), cont, atol=1e-3)
+
+
+@pytest.mark.parametrize("controller", [{"kind": "m2n2"}, {"kind": "cmaes", "separable": True,
+                                                             "sigma0": 0.01, "popsize": 12}])
+def test_interrupted_serial_run_replays_the_same_trial_sequence(tmp_path, controller):
+    cfg = config(tmp_path, **controller)
+    whole = SearchRun.create(cfg, tmp_path / "whole")
+    whole.run()
+    parts = SearchRun.create(cfg, tmp_path / "parts")
+    parts.run(stop_after=137)  # stops between checkpoints, mid-generation for CMA-ES
+    # what a kill in flight leaves: a torn last line and no checkpoint for the last trials
+    with open(tmp_path / "parts" / "trials.jsonl", "a") as f:
+        f.write('{"trial": 137, "id": 13')
+    SearchRun.open(tmp_path / "parts").run()
+    a, b = trials(tmp_path / "whole"), trials(tmp_path / "parts")
+    assert len(a) == len(b) == 400
+    assert signature(a) == signature(b)
+
+
+def test_resume_refuses_a_changed_config_but_accepts_a_larger_budget(tmp_path):
+    cfg = config(tmp_path)
+    res = runner.invoke(app, ["search", str(cfg), "--run-dir", str(tmp_path / "r"),
+                              "--budget", "120"])
+    assert res.exit_code == 0, res.output
+    frozen = tmp_path / "r" / "config.yaml"
+    text = frozen.read_text()
+    frozen.write_text(text.replace("alpha: 1.0", "alpha: 2.0"))
+    res = runner.invoke(app, ["resume", str(tmp_path / "r")])
+    assert res.exit_code != 0 and "config.yaml" in res.output and "changed" in res.output
+    frozen.write_text(text)
+    res = runner.invoke(app, ["resume", str(tmp_path / "r"), "--budget", "100"])
+    assert res.exit_code != 0 and "--budget" in res.output
+    other = config(tmp_path, "other.yaml", alpha=0.5)
+    res = runner.invoke(app, ["search", str(other), "--run-dir", str(tmp_path / "r")])
+    assert res.exit_code != 0 and "different config" in res.output
+    res = runner.invoke(app, ["resume", str(tmp_path / "r"), "--budget", "200"])
+    assert res.exit_code == 0, res.output
+    assert len(trials(tmp_path / "r")) == 200
+    rep = json.loads(runner.invoke(app, ["report", str(tmp_path / "r"), "--json"]).output)
+    assert rep["trials"] == 200 and rep["budget"] == 200
+    best = rep["best"]
+    lines = trials(tmp_path / "r")
+    assert best["objectives"]["accuracy"] == max(x["objectives"]["accuracy"] for x in lines)
+    assert 0 < best["heldout"]["accuracy"] <= 1
+    assert rep["front"] and rep["front"][0]["trial"] == best["trial"]
+
+
+def test_sigkill_at_a_random_moment_loses_no_finished_evaluation(tmp_path):
+    cfg = write_yaml(tmp_path / "k.yaml", {"name": "k", "seed": 1, "budget": 1500,
+                                           "checkpoint_every": 100,
+                                           "controller": {"kind": "m2n2", "archive_size": 8,
+                                                          "mutation_sigma": 0.01}})
+    run_dir = tmp_path / "k"
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "evomerge.cli", "search", str(cfg), "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = run_dir / "trials.jsonl"
+    deadline = time.monotonic() + 60
+    while (not log.exists() or log.stat().st_size < 50_000) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(random.uniform(0.0, 0.5))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    raw = log.read_bytes()
+    before = [json.loads(x) for x in raw[: raw.rfind(b"\n") + 1].splitlines()]
+    assert 0 < len(before) < 1500, "the kill should land mid-run"
+    res = subprocess.run([sys.executable, "-m", "evomerge.cli", "resume", str(run_dir)],
+                         env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    after = trials(run_dir)
+    assert len(after) == 1500
+    assert [x["trial"] for x in after] == list(range(1500))
+    assert signature(after[: len(before)]) == signature(before)
