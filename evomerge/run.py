@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from evomerge.archive import Objective, ParetoArchive
 from evomerge.atomic import write_bytes_atomic, write_text_atomic
 from evomerge.search.protocol import Candidate, Controller, Result
 from evomerge.search_config import ConfigError, SearchConfig, load_config
@@ -58,6 +59,10 @@ class Task:
     evaluator: Any
     initial: list[np.ndarray]
     objectives: list[tuple[str, str]]
+    reference_point: dict[str, float]
+
+    def archive(self) -> ParetoArchive:
+        return ParetoArchive([Objective(n, d) for n, d in self.objectives], self.reference_point)
 
 
 def build_task(cfg: SearchConfig) -> Task:
@@ -73,7 +78,8 @@ def build_task(cfg: SearchConfig) -> Task:
     else:
         n = cfg.controller.archive_size if cfg.controller.kind == "m2n2" else 1
         initial = [digits.init_params(rng, cfg.task.init_sigma) for _ in range(n)]
-    return Task(ev, initial, list(digits.DigitsEvaluator.objectives))
+    objectives, reference = build_task_objectives(cfg)
+    return Task(ev, initial, objectives, reference)
 
 
 def build_controller(cfg: SearchConfig, task: Task) -> Controller:
@@ -211,6 +217,10 @@ class SearchRun:
             controller.budget = self.cfg.budget
         logged = self._read_log()
         replay = {line["id"]: line for line in logged[state.trials:]}
+        archive = task.archive()
+        for line in logged[: state.trials]:
+            if line["status"] == "ok":
+                archive.add(line["trial"], line["objectives"])
         primary, direction = task.objectives[0]
         sign = 1.0 if direction == "maximize" else -1.0
         deadline = time.monotonic() + self.cfg.max_seconds if self.cfg.max_seconds else None
@@ -230,13 +240,18 @@ class SearchRun:
                     line = replay.pop(cand.id, None)
                     if line is not None:
                         res = _result_from_line(line)
+                        if res.status == "ok":
+                            archive.add(state.trials, res.objectives)
                     else:
-                        res = self._evaluate(task, cand, sign, primary, state)
+                        res = self._evaluate(task, cand, sign, primary, state, archive)
                         t1 = time.perf_counter()
                         log.write(json.dumps(_line(state.trials, cand, res)) + "\n")
                         state.timing.logging += time.perf_counter() - t1
                         done_here += 1
-                    if res.heldout is not None:
+                    if res.heldout is not None and (
+                            state.best is None
+                            or sign * res.objectives[primary]
+                            > sign * state.best["objectives"][primary]):
                         state.best = {"trial": state.trials, "objectives": res.objectives,
                                       "heldout": res.heldout}
                         state.best_genome = cand.genome
@@ -255,15 +270,16 @@ class SearchRun:
         return state
 
     def _evaluate(self, task: Task, cand: Candidate, sign: float, primary: str,
-                  state: RunState) -> Result:
+                  state: RunState, archive: ParetoArchive) -> Result:
+        """Score on the search split; a candidate that enters the Pareto front is also scored
+        on the held-out split (the front is what the user takes home)."""
         t0 = time.perf_counter()
         try:
             objectives, scores = task.evaluator.evaluate(cand.genome)
             res = Result(cand.id, sign * objectives[primary], objectives, scores)
         except Exception as exc:  # a failed candidate is logged, never fatal to the run
             res = Result(cand.id, -np.inf, status="failed", error=f"{type(exc).__name__}: {exc}")
-        best_f = -np.inf if state.best is None else sign * state.best["objectives"][primary]
-        if res.status == "ok" and res.fitness > best_f:
+        if res.status == "ok" and archive.add(state.trials, res.objectives):
             res.heldout = task.evaluator.heldout(cand.genome)
         res.seconds = time.perf_counter() - t0
         state.timing.evaluation += res.seconds
@@ -295,15 +311,20 @@ def _result_from_line(line: dict[str, Any]) -> Result:
 
 
 def report(run_dir: str | Path) -> dict[str, Any]:
-    """What a person (or a script) wants to know about a run."""
+    """What a person (or a script) wants to know about a run: the front is rebuilt from the
+    trial log, so the report is right even for a run that was killed."""
     run = SearchRun.open(run_dir)
     lines = run._read_log()
     ckpt = run._load_checkpoint()
-    best = None
+    task_objectives = build_task_objectives(run.cfg)
+    archive = ParetoArchive([Objective(n, d) for n, d in task_objectives[0]], task_objectives[1])
+    by_trial = {}
     for line in lines:
-        if "heldout" in line:
-            best = {"trial": line["trial"], "objectives": line["objectives"],
-                    "heldout": line["heldout"]}
+        if line["status"] == "ok":
+            archive.add(line["trial"], line["objectives"])
+            by_trial[line["trial"]] = line
+    front = [{"trial": e.trial_id, "objectives": e.values,
+              "heldout": by_trial[e.trial_id].get("heldout")} for e in archive.front()]
     timing = ckpt["timing"] if ckpt else Timing()
     n = max(len(lines), 1)
     return {
@@ -313,12 +334,21 @@ def report(run_dir: str | Path) -> dict[str, Any]:
         "trials": len(lines),
         "budget": run.cfg.budget,
         "failed": sum(1 for x in lines if x["status"] != "ok"),
-        "best": best,
-        "front": [best] if best else [],
+        "best": front[0] if front else None,
+        "front": front,
+        "hypervolume": {"reference_point": archive.reference_point,
+                        "value": archive.history[-1][1] if archive.history else None},
         "seconds": {"evaluation": sum(x["seconds"] for x in lines),
                     "controller_per_trial": timing.controller / n,
                     "logging_per_trial": timing.logging / n},
     }
+
+
+def build_task_objectives(cfg: SearchConfig) -> tuple[list[tuple[str, str]], dict[str, float]]:
+    """The task's objectives and reference point, without building its data or models."""
+    from evomerge.evaluate.digits import DigitsEvaluator
+
+    return list(DigitsEvaluator.objectives), {"accuracy": 0.0}
 
 
 __all__ = ["ConfigError", "RunError", "SearchRun", "report"]
