@@ -122,3 +122,34 @@ def test_slerp_endpoints_midpoint_and_parallel_fallback():
     mid = M.slerp(a, b, 0.5)
     assert torch.allclose(mid, T(2**-0.5, 2**-0.5), atol=1e-6)  # stays on the unit circle
     assert torch.allclose(M.slerp(a, 2 * a, 0.25), 1.25 * a)  # parallel → linear
+
+
+def test_chunked_merges_equal_whole_tensor_merges_including_ties_across_chunks():
+    g = torch.Generator().manual_seed(11)
+    base = torch.randn(1000, generator=g)
+    # many exactly tied magnitudes, so the top-k threshold falls inside a run of ties that
+    # spans several chunks
+    srcs = [base + torch.randint(-3, 4, (1000,), generator=g).float() * 0.25 for _ in range(3)]
+    rules_small = [M.magnitude_rule(0.3, 1000) for _ in srcs]
+    rules_big = [M.magnitude_rule(0.3, 1000) for _ in srcs]
+    small = M.task_vector_merge(base, srcs, [0.5, 0.3, 0.2], rules_small, True, chunk=7)
+    big = M.task_vector_merge(base, srcs, [0.5, 0.3, 0.2], rules_big, True, chunk=10_000)
+    assert torch.equal(small, big)
+    for i, s in enumerate(srcs):
+        kept = M.magnitude_prune(s - base, 0.3)
+        assert int((kept != 0).sum()) == 300, i
+    bf = [s.to(torch.bfloat16) for s in srcs]
+    got = M.ties(base.to(torch.bfloat16), bf, [1, 1, 1], [0.5] * 3)
+    want = M.ties(base.to(torch.bfloat16).float(), [s.float() for s in bf], [1, 1, 1], [0.5] * 3)
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+
+
+def test_methods_leave_their_inputs_untouched():
+    g = torch.Generator().manual_seed(12)
+    base, a, b = (torch.randn(64, generator=g) for _ in range(3))
+    copies = [t.clone() for t in (base, a, b)]
+    M.ties(base, [a, b], [1, 1], [0.5, 0.5])
+    M.dare_ties(base, [a, b], [1, 1], [0.5, 0.5], [torch.Generator().manual_seed(0)] * 2)
+    M.breadcrumbs(base, [a, b], [1, 1], [0.5, 0.5], [0.1, 0.1])
+    M.slerp(a, b, 0.3)
+    assert all(torch.equal(x, y) for x, y in zip((base, a, b), copies, strict=True))

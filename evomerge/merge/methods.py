@@ -1,143 +1,266 @@
 """Merge methods as pure tensor functions (DESIGN §3).
 
-Inputs are float32 tensors of one shape; outputs are float32. Semantics follow mergekit 0.1.5
-where it defines them (defaults for `normalize`, the zero-divisor rule, the sign election, the
-top-k count k = max(1, int(d·n))), with two deliberate differences: top-k ties at the threshold
-keep the lowest flat indices first (mergekit's argsort leaves them arbitrary), and DARE rescales
-survivors by 1/d as the DARE paper does (mergekit matches L1 norms instead).
+Inputs are tensors of one shape in any float dtype (bf16 sources stay bf16 in memory); every
+method computes in float32, chunk by chunk, and returns float32. Semantics follow mergekit
+0.1.5 where it defines them (defaults for `normalize`, the zero-divisor rule, the sign election,
+the top-k count k = max(1, int(d·n))), with two deliberate differences: top-k ties at the
+threshold keep the lowest flat indices first (mergekit's argsort leaves them arbitrary), and
+DARE rescales survivors by 1/d as the DARE paper does (mergekit matches L1 norms instead).
 
-Exact top-k needs no sort: |x| as int32 bit patterns orders like the floats, so two 16-bit
-histogram passes (radix select) find the exact threshold in O(n).
+Why chunks: a TIES merge of K sources over a 25M-entry embedding would otherwise hold K
+float32 task vectors plus masks at once (over a gigabyte). Exact top-k needs no sort and no
+whole task vector: |τ| as int32 bit patterns orders like the floats, so two 16-bit histogram
+passes over the chunks (radix select) find the exact threshold; the merge pass then recomputes
+each chunk's τ, masks it against the threshold and combines. Memory is the inputs, the output
+and a few chunk-sized temporaries.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
+
+CHUNK = 1 << 20  # entries per chunk: a few MB of float32, cache-friendly on CPU
+
+
+def _abs_bits(x: torch.Tensor) -> torch.Tensor:
+    """|x| as int32 bit patterns (non-negative floats order like their patterns)."""
+    return x.reshape(-1).view(torch.int32) & 0x7FFFFFFF
+
+
+def _last_at_least(counts: torch.Tensor, k: int) -> tuple[int, int]:
+    """Largest bin b with (entries in bins >= b) >= k, and how many are above b."""
+    at_least = counts.flip(0).cumsum(0).flip(0)
+    b = int(torch.searchsorted(-at_least, -k, right=True)) - 1
+    return b, int(at_least[b] - counts[b])
+
+
+@dataclass
+class TopK:
+    """Keeps the k entries of largest magnitude of a chunked tensor, exactly: the threshold
+    comes from two histogram passes; ties at it go to the lowest indices."""
+
+    k: int
+    threshold: int = -1
+    need_eq: int = 0
+    eq_total: int = 0
+    _used: int = field(default=0, repr=False)
+
+    def prepare(self, chunks: Callable[[], list[torch.Tensor] | object], n: int) -> None:
+        if self.k >= n or self.k <= 0:
+            return
+        hi = torch.zeros(1 << 15, dtype=torch.int64)
+        for d in chunks():
+            hi += torch.bincount(_abs_bits(d) >> 16, minlength=1 << 15)
+        b, above = _last_at_least(hi, self.k)
+        need = self.k - above
+        lo = torch.zeros((1 << 16) + 2, dtype=torch.int64)
+        for d in chunks():
+            rel = (_abs_bits(d) - (b << 16)).clamp_(-1, 1 << 16).add_(1)
+            lo += torch.bincount(rel, minlength=(1 << 16) + 2)
+        lo = lo[1:-1]
+        c, above_lo = _last_at_least(lo, need)
+        self.threshold = (b << 16) | c
+        self.need_eq = need - above_lo
+        self.eq_total = int(lo[c])
+        self._used = 0
+
+    def mask(self, d: torch.Tensor) -> torch.Tensor:
+        """Mask for the next chunk (chunks must come in order)."""
+        if self.k <= 0:
+            return torch.zeros_like(d, dtype=torch.bool)
+        if self.threshold < 0:
+            return torch.ones_like(d, dtype=torch.bool)
+        bits = _abs_bits(d)
+        if self.need_eq == self.eq_total:
+            return (bits >= self.threshold).reshape(d.shape)
+        m = bits > self.threshold
+        left = self.need_eq - self._used
+        if left > 0:
+            eq = bits == self.threshold
+            n_eq = int(eq.sum())
+            if n_eq <= left:  # the whole run of ties in this chunk survives
+                m |= eq
+                self._used += n_eq
+            else:  # the cut falls inside this chunk: lowest indices first
+                m[torch.nonzero(eq).reshape(-1)[:left]] = True
+                self._used += left
+        return m.reshape(d.shape)
+
+
+@dataclass
+class KeepRule:
+    """Which entries of a task vector survive: a top-k band (TIES, breadcrumbs) or a random
+    draw (DARE), applied chunk by chunk in index order."""
+
+    upper: TopK | None = None  # keep at most these (by magnitude)
+    outliers: TopK | None = None  # ... minus these largest ones
+    density: float = 1.0  # DARE keep probability
+    generator: torch.Generator | None = None
+
+    def prepare(self, chunks, n: int) -> None:
+        for t in (self.upper, self.outliers):
+            if t is not None:
+                t.prepare(chunks, n)
+
+    def apply(self, d: torch.Tensor) -> torch.Tensor:
+        if self.generator is not None:
+            keep = torch.rand(d.shape, generator=self.generator, device=d.device) < self.density
+            return d.mul_(keep).div_(self.density)
+        m = self.upper.mask(d) if self.upper is not None else None
+        if self.outliers is not None:
+            out = self.outliers.mask(d)
+            m = ~out if m is None else m & ~out
+        return d.mul_(m) if m is not None else d
 
 
 def topk_magnitude_mask(x: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean mask of the k entries of largest |x| (ties: lowest flat index first)."""
-    n = x.numel()
-    if k >= n:
-        return torch.ones_like(x, dtype=torch.bool)
-    if k <= 0:
-        return torch.zeros_like(x, dtype=torch.bool)
-    # |x| as int32 bit patterns: non-negative floats order like their bit patterns.
-    bits = x.detach().float().reshape(-1).view(torch.int32) & 0x7FFFFFFF
-    hi_counts = torch.bincount(bits >> 16, minlength=1 << 15)
-    at_least = hi_counts.flip(0).cumsum(0).flip(0)  # entries whose high half is >= b
-    b = int(torch.searchsorted(-at_least, -k, right=True)) - 1  # last b with at_least >= k
-    need = k - int(at_least[b] - hi_counts[b])
-    # low halves inside bucket b; everything else lands in the two overflow bins
-    lo = (bits - (b << 16)).clamp_(-1, 1 << 16).add_(1)
-    lo_counts = torch.bincount(lo, minlength=(1 << 16) + 2)[1:-1]
-    at_least_lo = lo_counts.flip(0).cumsum(0).flip(0)
-    c = int(torch.searchsorted(-at_least_lo, -need, right=True)) - 1
-    need_eq = need - int(at_least_lo[c] - lo_counts[c])
-    threshold = (b << 16) | c
-    if need_eq == int(lo_counts[c]):
-        mask = bits >= threshold
-    else:
-        mask = bits > threshold
-        eq_idx = torch.nonzero(bits == threshold).reshape(-1)[:need_eq]
-        mask[eq_idx] = True
-    return mask.reshape(x.shape)
+    rule = TopK(k)
+    flat = x.detach().float().reshape(-1)
+    rule.prepare(lambda: _chunks(flat), flat.numel())
+    return torch.cat([rule.mask(c) for c in _chunks(flat)]).reshape(x.shape) \
+        if flat.numel() else torch.zeros_like(x, dtype=torch.bool)
+
+
+def _chunks(flat: torch.Tensor, size: int = CHUNK):
+    for s in range(0, flat.numel(), size):
+        yield flat[s:s + size]
+
+
+def magnitude_rule(density: float, n: int) -> KeepRule | None:
+    """TIES: keep the top-d fraction by magnitude (at least one entry when d > 0)."""
+    if density >= 1:
+        return None
+    return KeepRule(upper=TopK(0 if density <= 0 or n == 0 else max(1, int(density * n))))
+
+
+def outlier_rule(density: float, gamma: float, n: int) -> KeepRule | None:
+    """Breadcrumbs: drop the largest gamma fraction, then the smallest, keeping int(d·n)."""
+    if density >= 1:
+        return None
+    target = int(density * n)
+    n_top = int(gamma * n)
+    n_bot = max(0, n - target - n_top)
+    return KeepRule(upper=TopK(n - n_bot), outliers=TopK(n - n_bot - target))
+
+
+def dare_rule(density: float, generator: torch.Generator) -> KeepRule | None:
+    """DARE: drop each entry with probability 1 - d, rescale survivors by 1/d."""
+    if density >= 1:
+        return None
+    if density <= 0:
+        return KeepRule(upper=TopK(0))
+    return KeepRule(density=density, generator=generator)
+
+
+def _apply_rule(delta: torch.Tensor, rule: KeepRule | None) -> torch.Tensor:
+    if rule is None:
+        return delta
+    flat = delta.detach().float().reshape(-1).clone()
+    rule.prepare(lambda: _chunks(flat), flat.numel())
+    for c in _chunks(flat):
+        rule.apply(c)  # in place on the chunk view
+    return flat.reshape(delta.shape)
 
 
 def magnitude_prune(delta: torch.Tensor, density: float) -> torch.Tensor:
     """Keep the top-d fraction of entries by magnitude (at least one when d > 0)."""
-    if density >= 1:
-        return delta
-    if density <= 0 or delta.numel() == 0:
-        return torch.zeros_like(delta)
-    k = max(1, int(density * delta.numel()))
-    return delta * topk_magnitude_mask(delta, k)
+    return _apply_rule(delta, magnitude_rule(density, delta.numel()))
 
 
 def magnitude_outlier_prune(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
     """Breadcrumbs: drop the largest gamma fraction, then the smallest, keeping d·n entries."""
-    if density >= 1:
-        return delta
-    n = delta.numel()
-    target = int(density * n)
-    n_top = int(gamma * n)
-    n_bot = max(0, n - target - n_top)
-    upper = topk_magnitude_mask(delta, n - n_bot)
-    outliers = topk_magnitude_mask(delta, n - n_bot - target)
-    return delta * (upper & ~outliers)
+    return _apply_rule(delta, outlier_rule(density, gamma, delta.numel()))
 
 
 def dare_drop(delta: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
     """Drop each entry with probability 1 - d, rescale survivors by 1/d."""
-    if density >= 1:
-        return delta
-    if density <= 0:
-        return torch.zeros_like(delta)
-    keep = torch.rand(delta.shape, generator=generator, device=delta.device) < density
-    return delta * keep / density
+    return _apply_rule(delta, dare_rule(density, generator))
 
 
 def task_vector_merge(
     base: torch.Tensor,
     sources: Sequence[torch.Tensor],
     weights: Sequence[float],
-    sparsify: Sequence[Callable[[torch.Tensor], torch.Tensor] | None] | None = None,
+    rules: Sequence[KeepRule | None] | None = None,
     sign_consensus: bool = False,
     lam: float = 1.0,
     normalize: bool = False,
+    chunk: int = CHUNK,
 ) -> torch.Tensor:
     """The generalised task-arithmetic merge behind task_arithmetic, TIES, DARE, breadcrumbs.
 
-    τ_k = θ_k − θ₀ (optionally sparsified), weighted by w_k; with sign consensus only entries
-    agreeing with sign(Σ w_k τ_k) (ties → +) count, and the divisor is the sum of the weights of
-    agreeing non-zero entries; a zero divisor becomes 1.
+    τ_k = θ_k − θ₀ (entries outside the keep rule zeroed), weighted by w_k; with sign consensus
+    only entries agreeing with sign(Σ w_k τ_k) (a zero sum elects +) count, and the divisor is
+    the sum of the weights of agreeing non-zero entries; a zero divisor becomes 1.
     """
-    weighted = []
-    for i, (src, w) in enumerate(zip(sources, weights, strict=True)):
-        delta = src - base
-        fn = sparsify[i] if sparsify else None
-        if fn is not None:
-            delta = fn(delta)
-        weighted.append(delta.mul_(w))  # delta is always a fresh tensor here
-    mixed = weighted[0].clone()
-    for wd in weighted[1:]:
-        mixed += wd
-    if sign_consensus:
-        # elected sign s = ±1 (a zero sum elects +); w·τ agrees with it iff w·τ·s > 0, so
-        # relu(w·τ·s) is |w·τ| where it agrees and 0 elsewhere: all cheap elementwise ops.
-        sign = torch.sign(mixed).add_(0.5).sign_()
-        mixed.zero_()
-        divisor = torch.zeros_like(base) if normalize else None
-        for wd, w in zip(weighted, weights, strict=True):
-            agreeing = wd.mul_(sign).relu_()
-            mixed += agreeing
+    base_flat = base.reshape(-1)
+    flats = [s.reshape(-1) for s in sources]
+    n = base_flat.numel()
+    rules = list(rules) if rules else [None] * len(flats)
+
+    def deltas(k: int):
+        def gen():
+            for s in range(0, n, chunk):
+                yield flats[k][s:s + chunk].float() - base_flat[s:s + chunk].float()
+        return gen
+
+    for k, rule in enumerate(rules):
+        if rule is not None:
+            rule.prepare(deltas(k), n)
+    out = torch.empty(n, dtype=torch.float32, device=base.device)
+    total_w = float(sum(weights))
+    for s in range(0, n, chunk):
+        b = base_flat[s:s + chunk].float()
+        weighted = []
+        for k, w in enumerate(weights):
+            d = flats[k][s:s + chunk].float() - b  # a new tensor: inputs stay untouched
+            if rules[k] is not None:
+                d = rules[k].apply(d)
+            weighted.append(d.mul_(w))
+        mixed = weighted[0].clone()
+        for wd in weighted[1:]:
+            mixed += wd
+        if sign_consensus:
+            # elected sign e = ±1 (a zero sum elects +); w·τ agrees with it iff w·τ·e > 0, so
+            # relu(w·τ·e) is |w·τ| where it agrees and 0 elsewhere: all cheap elementwise ops.
+            sign = torch.sign(mixed).add_(0.5).sign_()
+            mixed.zero_()
+            divisor = torch.zeros_like(b) if normalize else None
+            for wd, w in zip(weighted, weights, strict=True):
+                agreeing = wd.mul_(sign).relu_()
+                mixed += agreeing
+                if divisor is not None:
+                    divisor.add_(agreeing.sign_(), alpha=w)
+            mixed *= sign
             if divisor is not None:
-                divisor.add_(agreeing.sign_(), alpha=w)
-        mixed *= sign
-        if divisor is not None:
-            mixed /= divisor.add_(divisor == 0)  # a zero divisor becomes 1
-    elif normalize:
-        div = float(sum(weights))
-        mixed /= div if abs(div) >= 1e-8 else 1.0
-    if lam != 1:
-        mixed *= lam
-    return base + mixed
+                mixed /= divisor.add_(divisor == 0)  # a zero divisor becomes 1
+        elif normalize:
+            mixed /= total_w if abs(total_w) >= 1e-8 else 1.0
+        if lam != 1:
+            mixed *= lam
+        torch.add(b, mixed, out=out[s:s + chunk])
+    return out.reshape(base.shape)
 
 
-def linear(sources: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool = True
-           ) -> torch.Tensor:
+def linear(sources: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool = True,
+           chunk: int = CHUNK) -> torch.Tensor:
     """Σ w_k θ_k, divided by Σ w_k when normalising."""
-    out = torch.zeros_like(sources[0])
-    for src, w in zip(sources, weights, strict=True):
-        out.add_(src, alpha=w)
-    if normalize:
-        div = float(sum(weights))
-        if div == 0:
-            raise ValueError("linear: weights sum to zero, cannot normalise")
-        out /= div
-    return out
+    div = float(sum(weights))
+    if normalize and div == 0:
+        raise ValueError("linear: weights sum to zero, cannot normalise")
+    flats = [src.reshape(-1) for src in sources]
+    out = torch.zeros(flats[0].numel(), dtype=torch.float32, device=flats[0].device)
+    for s in range(0, out.numel(), chunk):
+        acc = out[s:s + chunk]
+        for f, w in zip(flats, weights, strict=True):
+            acc.add_(f[s:s + chunk].float(), alpha=w)
+        if normalize:
+            acc /= div
+    return out.reshape(sources[0].shape)
 
 
 def task_arithmetic(base, sources, weights, lam=1.0, normalize=False) -> torch.Tensor:
@@ -145,51 +268,46 @@ def task_arithmetic(base, sources, weights, lam=1.0, normalize=False) -> torch.T
 
 
 def ties(base, sources, weights, densities, lam=1.0, normalize=True) -> torch.Tensor:
-    prune = [_bind(magnitude_prune, d) for d in densities]
-    return task_vector_merge(base, sources, weights, prune, True, lam, normalize)
+    rules = [magnitude_rule(d, base.numel()) for d in densities]
+    return task_vector_merge(base, sources, weights, rules, True, lam, normalize)
 
 
 def dare_linear(base, sources, weights, densities, generators, lam=1.0, normalize=False
                 ) -> torch.Tensor:
-    drop = [_bind_dare(d, g) for d, g in zip(densities, generators, strict=True)]
-    return task_vector_merge(base, sources, weights, drop, False, lam, normalize)
+    rules = [dare_rule(d, g) for d, g in zip(densities, generators, strict=True)]
+    return task_vector_merge(base, sources, weights, rules, False, lam, normalize)
 
 
 def dare_ties(base, sources, weights, densities, generators, lam=1.0, normalize=False
               ) -> torch.Tensor:
-    drop = [_bind_dare(d, g) for d, g in zip(densities, generators, strict=True)]
-    return task_vector_merge(base, sources, weights, drop, True, lam, normalize)
+    rules = [dare_rule(d, g) for d, g in zip(densities, generators, strict=True)]
+    return task_vector_merge(base, sources, weights, rules, True, lam, normalize)
 
 
 def breadcrumbs(base, sources, weights, densities, gammas, lam=1.0, normalize=False,
                 sign_consensus=False) -> torch.Tensor:
-    prune = [
-        (lambda x, d=d, g=g: magnitude_outlier_prune(x, d, g))
-        for d, g in zip(densities, gammas, strict=True)
-    ]
-    return task_vector_merge(base, sources, weights, prune, sign_consensus, lam, normalize)
+    rules = [outlier_rule(d, g, base.numel()) for d, g in zip(densities, gammas, strict=True)]
+    return task_vector_merge(base, sources, weights, rules, sign_consensus, lam, normalize)
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float, dot_threshold: float = 0.9995,
-          eps: float = 1e-8) -> torch.Tensor:
+          eps: float = 1e-8, chunk: int = CHUNK) -> torch.Tensor:
     """Spherical interpolation of whole tensors (t=0 → a); linear when (anti)parallel."""
-    na = torch.linalg.vector_norm(a)
-    nb = torch.linalg.vector_norm(b)
-    na = na if na > eps else torch.ones_like(na)
-    nb = nb if nb > eps else torch.ones_like(nb)
-    dot = float(((a / na) * (b / nb)).sum().clamp(-1, 1))
+    fa, fb = a.reshape(-1), b.reshape(-1)
+    saa = sbb = sab = 0.0
+    for s in range(0, fa.numel(), chunk):
+        x, y = fa[s:s + chunk].double(), fb[s:s + chunk].double()
+        saa += float(x @ x)
+        sbb += float(y @ y)
+        sab += float(x @ y)
+    na = saa**0.5 if saa**0.5 > eps else 1.0
+    nb = sbb**0.5 if sbb**0.5 > eps else 1.0
+    dot = max(-1.0, min(1.0, sab / (na * nb)))
     if abs(dot) > dot_threshold:
-        return (1 - t) * a + t * b
-    theta = torch.acos(torch.tensor(dot, dtype=torch.float64))
-    sin_theta = torch.sin(theta)
-    ca = float(torch.sin((1 - t) * theta) / sin_theta)
-    cb = float(torch.sin(t * theta) / sin_theta)
-    return ca * a + cb * b
-
-
-def _bind(fn: Callable[[torch.Tensor, float], torch.Tensor], d: float):
-    return lambda x: fn(x, d)
-
-
-def _bind_dare(d: float, g: torch.Generator):
-    return lambda x: dare_drop(x, d, g)
+        ca, cb = 1 - t, t
+    else:
+        theta = torch.acos(torch.tensor(dot, dtype=torch.float64))
+        sin_theta = torch.sin(theta)
+        ca = float(torch.sin((1 - t) * theta) / sin_theta)
+        cb = float(torch.sin(t * theta) / sin_theta)
+    return linear([a, b], [ca, cb], normalize=False, chunk=chunk)

@@ -54,7 +54,7 @@ class MergeOptions:
     allow_pickle: bool = False
     allow_download: bool = False
     workers: int = 2
-    max_inflight_elements: int = 48 * 1024 * 1024
+    max_inflight_elements: int = 64 * 1024 * 1024
     progress: bool = False
 
 
@@ -190,7 +190,7 @@ def _write_shards(recipe, base, sources, shards, tmp: Path, num_layers: int,
     device = torch.device(options.device)
 
     def load(model: SourceModel, name: str) -> torch.Tensor:
-        t = model.read(name).to(device=device, dtype=torch.float32)
+        t = model.read(name).to(device=device)  # stays in its dtype: methods work in chunks
         if not options.allow_nonfinite and not _all_finite(t):
             raise MergeError(
                 f"{model.path}: tensor {name} contains NaN or Inf (pass --allow-nonfinite "
@@ -199,6 +199,7 @@ def _write_shards(recipe, base, sources, shards, tmp: Path, num_layers: int,
         return t
 
     def job(name: str, dtype: torch.dtype) -> torch.Tensor:
+        """One output tensor; the inputs in flight are its sources in their own dtype."""
         ref = base or sources[0]
         if not ref.entries[name].dtype.is_floating_point:
             return ref.read(name)  # integer buffers are copied, not merged
@@ -215,13 +216,16 @@ def _write_shards(recipe, base, sources, shards, tmp: Path, num_layers: int,
 
     workers = 1 if device.type == "cuda" else max(1, options.workers)
     threads_before = torch.get_num_threads()
-    if workers > 1:
-        torch.set_num_threads(1)  # one intra-op thread per worker: tensors are the parallelism
+    # One intra-op thread per worker: tensors are the parallelism, and on ~1M-entry chunks
+    # torch's own threads spend more time synchronising than computing. OpenMP keeps the
+    # thread count per thread, so each worker sets it for itself.
+    torch.set_num_threads(1)
     total = sum(len(s) for s in shards)
     bar = _progress(total, options.progress)
     written = 0
     try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        with ThreadPoolExecutor(max_workers=workers,
+                                initializer=torch.set_num_threads, initargs=(1,)) as pool:
             for shard_name, shard in zip(_shard_names(len(shards)), shards, strict=True):
                 writer = ShardWriter(tmp / shard_name, shard)
                 pending: deque[tuple[str, int, Future]] = deque()
@@ -252,7 +256,7 @@ def _write_shards(recipe, base, sources, shards, tmp: Path, num_layers: int,
 def _all_finite(t: torch.Tensor) -> bool:
     """A finite sum proves every entry finite (one cheap pass); only an overflowing or NaN sum
     pays for the exact elementwise check."""
-    return math.isfinite(float(t.sum())) or bool(torch.isfinite(t).all())
+    return math.isfinite(float(t.sum(dtype=torch.float32))) or bool(torch.isfinite(t).all())
 
 
 def _numel(shape: tuple[int, ...]) -> int:
