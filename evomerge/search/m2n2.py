@@ -8,6 +8,7 @@ S (P × N). Two individual types share the algorithm: flat parameter vectors, an
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,19 @@ def slerp_coefficients(w: float | np.ndarray, dot: np.ndarray, norm_a: np.ndarra
     return ca, cb
 
 
+def _scalar_slerp(w: float, dot: float, na: float, nb: float, threshold: float = 0.9995
+                  ) -> tuple[float, float]:
+    """slerp_coefficients for one pair of vectors, without numpy's per-call overhead."""
+    if na * nb <= 1e-12:
+        return 1 - w, w
+    cos = max(-1.0, min(1.0, dot / (na * nb)))
+    if abs(cos) > threshold:
+        return 1 - w, w
+    theta = math.acos(cos)
+    sin = math.sin(theta)
+    return math.sin((1 - w) * theta) / sin, math.sin(w * theta) / sin
+
+
 class FlatIndividuals:
     """Members are raw parameter vectors; the split point moves over single parameters."""
 
@@ -43,16 +57,16 @@ class FlatIndividuals:
 
     def crossover(self, a: np.ndarray, b: np.ndarray, w: float, split: int | None
                   ) -> np.ndarray:
-        dot = np.array(np.dot(a, b), dtype=np.float64)
-        na = np.array(np.sqrt(np.dot(a, a)), dtype=np.float64)
-        nb = np.array(np.sqrt(np.dot(b, b)), dtype=np.float64)
-        ca, cb = slerp_coefficients(w, dot, na, nb)
+        dot, na, nb = float(np.dot(a, b)), math.sqrt(np.dot(a, a)), math.sqrt(np.dot(b, b))
+        ca, cb = _scalar_slerp(w, dot, na, nb)
         if split is None:
-            return (float(ca) * a + float(cb) * b).astype(a.dtype)
-        ca2, cb2 = slerp_coefficients(1 - w, dot, na, nb)
+            return (ca * a + cb * b).astype(a.dtype)
+        ca2, cb2 = _scalar_slerp(1 - w, dot, na, nb)
         child = np.empty_like(a)
-        child[:split] = float(ca) * a[:split] + float(cb) * b[:split]
-        child[split:] = float(ca2) * a[split:] + float(cb2) * b[split:]
+        np.multiply(a[:split], ca, out=child[:split])
+        child[:split] += cb * b[:split]
+        np.multiply(a[split:], ca2, out=child[split:])
+        child[split:] += cb2 * b[split:]
         return child
 
 
@@ -154,7 +168,8 @@ class M2N2(Controller):
             genome = genome.copy()
         if self.s.mutation_sigma > 0:
             noise = self.rng.standard_normal(genome.shape, dtype=np.float32)
-            genome = genome + (noise * self.s.mutation_sigma).astype(genome.dtype)
+            noise *= self.s.mutation_sigma
+            genome += noise.astype(genome.dtype, copy=False)  # genome is a fresh array here
         return genome, info
 
     # --- ask / tell ------------------------------------------------------------------------
