@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-CHUNK = 1 << 20  # entries per chunk: a few MB of float32, cache-friendly on CPU
+CHUNK = 1 << 18  # entries per chunk: 1 MB of float32, so two workers' chunks stay in L3
 
 
 def _abs_bits(x: torch.Tensor) -> torch.Tensor:
@@ -48,22 +48,30 @@ class TopK:
     eq_total: int = 0
     _used: int = field(default=0, repr=False)
 
-    def prepare(self, chunks: Callable[[], list[torch.Tensor] | object], n: int) -> None:
-        if self.k >= n or self.k <= 0:
-            return
-        hi = torch.zeros(1 << 15, dtype=torch.int64)
-        for d in chunks():
-            hi += torch.bincount(_abs_bits(d) >> 16, minlength=1 << 15)
-        b, above = _last_at_least(hi, self.k)
-        need = self.k - above
-        lo = torch.zeros((1 << 16) + 2, dtype=torch.int64)
-        for d in chunks():
-            rel = (_abs_bits(d) - (b << 16)).clamp_(-1, 1 << 16).add_(1)
-            lo += torch.bincount(rel, minlength=(1 << 16) + 2)
-        lo = lo[1:-1]
-        c, above_lo = _last_at_least(lo, need)
-        self.threshold = (b << 16) | c
-        self.need_eq = need - above_lo
+    # Two histogram passes; the caller feeds chunks in index order to each `*_pass`.
+    def active(self, n: int) -> bool:
+        return 0 < self.k < n
+
+    def start(self) -> None:
+        self._hi = torch.zeros(1 << 15, dtype=torch.int64)
+
+    def hi_pass(self, d: torch.Tensor) -> None:
+        self._hi += torch.bincount(_abs_bits(d) >> 16, minlength=1 << 15)
+
+    def between_passes(self) -> None:
+        self._b, above = _last_at_least(self._hi, self.k)
+        self._need = self.k - above
+        self._lo = torch.zeros((1 << 16) + 2, dtype=torch.int64)
+
+    def lo_pass(self, d: torch.Tensor) -> None:
+        rel = (_abs_bits(d) - (self._b << 16)).clamp_(-1, 1 << 16).add_(1)
+        self._lo += torch.bincount(rel, minlength=(1 << 16) + 2)
+
+    def finish(self) -> None:
+        lo = self._lo[1:-1]
+        c, above_lo = _last_at_least(lo, self._need)
+        self.threshold = (self._b << 16) | c
+        self.need_eq = self._need - above_lo
         self.eq_total = int(lo[c])
         self._used = 0
 
@@ -100,10 +108,9 @@ class KeepRule:
     density: float = 1.0  # DARE keep probability
     generator: torch.Generator | None = None
 
-    def prepare(self, chunks, n: int) -> None:
-        for t in (self.upper, self.outliers):
-            if t is not None:
-                t.prepare(chunks, n)
+    def selections(self, n: int) -> list[TopK]:
+        """The top-k selections whose thresholds still need the histogram passes."""
+        return [t for t in (self.upper, self.outliers) if t is not None and t.active(n)]
 
     def apply(self, d: torch.Tensor) -> torch.Tensor:
         if self.generator is not None:
@@ -116,11 +123,31 @@ class KeepRule:
         return d.mul_(m) if m is not None else d
 
 
+def prepare_thresholds(selections: list[TopK], chunks: Callable[[], object]) -> None:
+    """Run the two histogram passes for several selections at once. `chunks()` yields, per
+    chunk in index order, one tensor per selection (the same tensor may serve several)."""
+    if not selections:
+        return
+    for t in selections:
+        t.start()
+    for ds in chunks():
+        for t, d in zip(selections, ds, strict=True):
+            t.hi_pass(d)
+    for t in selections:
+        t.between_passes()
+    for ds in chunks():
+        for t, d in zip(selections, ds, strict=True):
+            t.lo_pass(d)
+    for t in selections:
+        t.finish()
+
+
 def topk_magnitude_mask(x: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean mask of the k entries of largest |x| (ties: lowest flat index first)."""
     rule = TopK(k)
     flat = x.detach().float().reshape(-1)
-    rule.prepare(lambda: _chunks(flat), flat.numel())
+    if rule.active(flat.numel()):
+        prepare_thresholds([rule], lambda: ([c] for c in _chunks(flat)))
     return torch.cat([rule.mask(c) for c in _chunks(flat)]).reshape(x.shape) \
         if flat.numel() else torch.zeros_like(x, dtype=torch.bool)
 
@@ -160,7 +187,8 @@ def _apply_rule(delta: torch.Tensor, rule: KeepRule | None) -> torch.Tensor:
     if rule is None:
         return delta
     flat = delta.detach().float().reshape(-1).clone()
-    rule.prepare(lambda: _chunks(flat), flat.numel())
+    sel = rule.selections(flat.numel())
+    prepare_thresholds(sel, lambda: ([c] * len(sel) for c in _chunks(flat)))
     for c in _chunks(flat):
         rule.apply(c)  # in place on the chunk view
     return flat.reshape(delta.shape)
@@ -202,15 +230,17 @@ def task_vector_merge(
     n = base_flat.numel()
     rules = list(rules) if rules else [None] * len(flats)
 
-    def deltas(k: int):
-        def gen():
-            for s in range(0, n, chunk):
-                yield flats[k][s:s + chunk].float() - base_flat[s:s + chunk].float()
-        return gen
+    # every selection with the source it reads; each chunk's τ_k is computed once per pass
+    owners = [(k, t) for k, rule in enumerate(rules) if rule is not None
+              for t in rule.selections(n)]
 
-    for k, rule in enumerate(rules):
-        if rule is not None:
-            rule.prepare(deltas(k), n)
+    def deltas():
+        for s in range(0, n, chunk):
+            b = base_flat[s:s + chunk].float()
+            per_source = {k: flats[k][s:s + chunk].float() - b for k in {k for k, _ in owners}}
+            yield [per_source[k] for k, _ in owners]
+
+    prepare_thresholds([t for _, t in owners], deltas)
     out = torch.empty(n, dtype=torch.float32, device=base.device)
     total_w = float(sum(weights))
     for s in range(0, n, chunk):

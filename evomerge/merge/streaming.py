@@ -165,6 +165,9 @@ def merge_to_directory(recipe: Recipe, out_dir: str | Path, options: MergeOption
         for name, e in ref.entries.items():
             dt = out_dtype if (out_dtype and e.dtype.is_floating_point) else e.dtype
             items.append((name, dt, e.shape))
+        # Largest first: the embedding and the head then overlap on the two workers instead
+        # of the head running alone at the end.
+        items.sort(key=lambda item: -_numel(item[2]))
         shards = plan_shards(items, options.shard_size)
         tmp.mkdir(parents=True)
         written = _write_shards(recipe, base, sources, shards, tmp, num_layers, options)
