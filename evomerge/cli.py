@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -185,8 +186,20 @@ def build_zoo(
     typer.echo("built " + ", ".join(str(d) for d in dirs.values()))
 
 
-def main() -> None:  # pragma: no cover
-    app()
+def main() -> None:
+    """Console entry point. Ends without interpreter teardown: once every output is written,
+    closed and fsynced, freeing a merge's tensors and torch's state only costs time (~0.6 s
+    after a 100M-parameter merge)."""
+    try:
+        app()
+        code = 0
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

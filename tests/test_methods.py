@@ -153,3 +153,17 @@ def test_methods_leave_their_inputs_untouched():
     M.breadcrumbs(base, [a, b], [1, 1], [0.5, 0.5], [0.1, 0.1])
     M.slerp(a, b, 0.3)
     assert all(torch.equal(x, y) for x, y in zip((base, a, b), copies, strict=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_cheap_finiteness_check_agrees_with_isfinite(dtype):
+    from evomerge.merge.streaming import _all_finite
+
+    x = torch.randn(1000).to(dtype)
+    assert _all_finite(x)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        y = x.clone()
+        y[537] = bad
+        assert not _all_finite(y)
+    if dtype != torch.float32:
+        assert _all_finite(torch.full((10,), torch.finfo(dtype).max, dtype=dtype))

@@ -218,6 +218,7 @@ def task_vector_merge(
     lam: float = 1.0,
     normalize: bool = False,
     chunk: int = CHUNK,
+    out_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """The generalised task-arithmetic merge behind task_arithmetic, TIES, DARE, breadcrumbs.
 
@@ -241,7 +242,7 @@ def task_vector_merge(
             yield [per_source[k] for k, _ in owners]
 
     prepare_thresholds([t for _, t in owners], deltas)
-    out = torch.empty(n, dtype=torch.float32, device=base.device)
+    out = torch.empty(n, dtype=out_dtype, device=base.device)
     total_w = float(sum(weights))
     for s in range(0, n, chunk):
         b = base_flat[s:s + chunk].float()
@@ -272,56 +273,60 @@ def task_vector_merge(
             mixed /= total_w if abs(total_w) >= 1e-8 else 1.0
         if lam != 1:
             mixed *= lam
-        torch.add(b, mixed, out=out[s:s + chunk])
+        out[s:s + chunk] = mixed.add_(b)  # rounded once, straight into the output dtype
     return out.reshape(base.shape)
 
 
 def linear(sources: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool = True,
-           chunk: int = CHUNK) -> torch.Tensor:
+           chunk: int = CHUNK, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Σ w_k θ_k, divided by Σ w_k when normalising."""
     div = float(sum(weights))
     if normalize and div == 0:
         raise ValueError("linear: weights sum to zero, cannot normalise")
     flats = [src.reshape(-1) for src in sources]
-    out = torch.zeros(flats[0].numel(), dtype=torch.float32, device=flats[0].device)
-    for s in range(0, out.numel(), chunk):
-        acc = out[s:s + chunk]
-        for f, w in zip(flats, weights, strict=True):
+    n = flats[0].numel()
+    out = torch.empty(n, dtype=out_dtype, device=flats[0].device)
+    for s in range(0, n, chunk):
+        acc = flats[0][s:s + chunk].float() * weights[0]
+        for f, w in zip(flats[1:], weights[1:], strict=True):
             acc.add_(f[s:s + chunk].float(), alpha=w)
         if normalize:
             acc /= div
+        out[s:s + chunk] = acc
     return out.reshape(sources[0].shape)
 
 
-def task_arithmetic(base, sources, weights, lam=1.0, normalize=False) -> torch.Tensor:
-    return task_vector_merge(base, sources, weights, None, False, lam, normalize)
+def task_arithmetic(base, sources, weights, lam=1.0, normalize=False, **kw) -> torch.Tensor:
+    return task_vector_merge(base, sources, weights, None, False, lam, normalize, **kw)
 
 
-def ties(base, sources, weights, densities, lam=1.0, normalize=True) -> torch.Tensor:
+def ties(base, sources, weights, densities, lam=1.0, normalize=True, **kw) -> torch.Tensor:
     rules = [magnitude_rule(d, base.numel()) for d in densities]
-    return task_vector_merge(base, sources, weights, rules, True, lam, normalize)
+    return task_vector_merge(base, sources, weights, rules, True, lam, normalize, **kw)
 
 
-def dare_linear(base, sources, weights, densities, generators, lam=1.0, normalize=False
-                ) -> torch.Tensor:
+def dare_linear(base, sources, weights, densities, generators, lam=1.0, normalize=False,
+                **kw) -> torch.Tensor:
     rules = [dare_rule(d, g) for d, g in zip(densities, generators, strict=True)]
-    return task_vector_merge(base, sources, weights, rules, False, lam, normalize)
+    return task_vector_merge(base, sources, weights, rules, False, lam, normalize, **kw)
 
 
-def dare_ties(base, sources, weights, densities, generators, lam=1.0, normalize=False
-              ) -> torch.Tensor:
+def dare_ties(base, sources, weights, densities, generators, lam=1.0, normalize=False,
+              **kw) -> torch.Tensor:
     rules = [dare_rule(d, g) for d, g in zip(densities, generators, strict=True)]
-    return task_vector_merge(base, sources, weights, rules, True, lam, normalize)
+    return task_vector_merge(base, sources, weights, rules, True, lam, normalize, **kw)
 
 
 def breadcrumbs(base, sources, weights, densities, gammas, lam=1.0, normalize=False,
-                sign_consensus=False) -> torch.Tensor:
+                sign_consensus=False, **kw) -> torch.Tensor:
     rules = [outlier_rule(d, g, base.numel()) for d, g in zip(densities, gammas, strict=True)]
-    return task_vector_merge(base, sources, weights, rules, sign_consensus, lam, normalize)
+    return task_vector_merge(base, sources, weights, rules, sign_consensus, lam, normalize,
+                             **kw)
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float, dot_threshold: float = 0.9995,
-          eps: float = 1e-8, chunk: int = CHUNK) -> torch.Tensor:
+          eps: float = 1e-8, chunk: int = CHUNK, out_dtype: torch.dtype = torch.float32
+          ) -> torch.Tensor:
     """Spherical interpolation of whole tensors (t=0 → a); linear when (anti)parallel."""
     fa, fb = a.reshape(-1), b.reshape(-1)
     saa = sbb = sab = 0.0
@@ -340,4 +345,4 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float, dot_threshold: float = 0.9
         sin_theta = torch.sin(theta)
         ca = float(torch.sin((1 - t) * theta) / sin_theta)
         cb = float(torch.sin(t * theta) / sin_theta)
-    return linear([a, b], [ca, cb], normalize=False, chunk=chunk)
+    return linear([a, b], [ca, cb], normalize=False, chunk=chunk, out_dtype=out_dtype)

@@ -202,12 +202,13 @@ def _write_shards(recipe, base, sources, shards, tmp: Path, num_layers: int,
         site = tensor_site(name, num_layers)
         try:
             out = merge_tensor(recipe, site, inputs[0] if base else None,
-                               inputs[1:] if base else inputs)
+                               inputs[1:] if base else inputs, out_dtype=dtype)
         except ValueError as exc:
             raise MergeError(f"tensor {name}: {exc}") from None
         # Every method multiplies and adds every input entry, so a NaN or Inf in any source
-        # reaches the output: checking the float32 output is enough, and far cheaper than
-        # checking each (bf16) input; the inputs are searched only to name the culprit.
+        # reaches the output (bf16 and fp16 keep both): checking the output is enough, and
+        # far cheaper than checking each input; the inputs are searched only to name the
+        # culprit.
         if not options.allow_nonfinite and not _all_finite(out):
             for m, t in zip(models, inputs, strict=True):
                 if not bool(torch.isfinite(t).all()):
@@ -216,7 +217,7 @@ def _write_shards(recipe, base, sources, shards, tmp: Path, num_layers: int,
                         "to merge anyway)"
                     )
             raise MergeError(f"tensor {name}: the merge produced NaN or Inf (check weights)")
-        return out.to(dtype).cpu()
+        return out.cpu()
 
     workers = 1 if device.type == "cuda" else max(1, options.workers)
     threads_before = torch.get_num_threads()
@@ -258,8 +259,12 @@ def _write_shards(recipe, base, sources, shards, tmp: Path, num_layers: int,
 
 
 def _all_finite(t: torch.Tensor) -> bool:
-    """A finite float32 sum proves every entry finite (one cheap pass); only an overflowing
-    or NaN sum pays for the exact elementwise check."""
+    """Cheap finiteness: for 16-bit floats, no entry has an all-ones exponent (bit test on
+    int16, several times faster than a float32 reduction); otherwise a finite sum proves
+    every entry finite and only an overflowing or NaN sum pays for the exact check."""
+    if t.dtype in (torch.bfloat16, torch.float16):
+        exp = 0x7F80 if t.dtype == torch.bfloat16 else 0x7C00
+        return not bool(((t.view(torch.int16) & exp) == exp).any())
     return math.isfinite(float(t.sum())) or bool(torch.isfinite(t).all())
 
 

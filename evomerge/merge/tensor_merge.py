@@ -23,30 +23,34 @@ def dare_generator(recipe: Recipe, tensor_name: str, source_index: int,
 
 
 def merge_tensor(recipe: Recipe, site: TensorSite, base: torch.Tensor | None,
-                 sources: list[torch.Tensor]) -> torch.Tensor:
-    """Merge float32 inputs for one tensor; returns float32."""
+                 sources: list[torch.Tensor], out_dtype: torch.dtype = torch.float32
+                 ) -> torch.Tensor:
+    """Merge one tensor's inputs (any float dtype) in float32; returns `out_dtype`."""
     m = recipe.method
     k = range(len(sources))
     if m == "slerp":
         a, b = (base, sources[0]) if base is not None else (sources[0], sources[1])
-        return methods.slerp(a, b, float(recipe.shared_param("t", site)))
+        return methods.slerp(a, b, float(recipe.shared_param("t", site)), out_dtype=out_dtype)
     weights = [recipe.source_param(i, "weight", site) for i in k]
     if m == "linear":
-        return methods.linear(sources, weights, bool(recipe.shared_param("normalize", site)))
+        return methods.linear(sources, weights, bool(recipe.shared_param("normalize", site)),
+                              out_dtype=out_dtype)
     assert base is not None  # the recipe validator guarantees a base for these methods
     lam = float(recipe.shared_param("lambda", site))
     normalize = bool(recipe.shared_param("normalize", site))
     if m == "task_arithmetic":
-        return methods.task_arithmetic(base, sources, weights, lam, normalize)
+        return methods.task_arithmetic(base, sources, weights, lam, normalize,
+                                       out_dtype=out_dtype)
     densities = [recipe.source_param(i, "density", site) for i in k]
     if m == "ties":
-        return methods.ties(base, sources, weights, densities, lam, normalize)
+        return methods.ties(base, sources, weights, densities, lam, normalize,
+                            out_dtype=out_dtype)
     if m in ("dare_linear", "dare_ties"):
         gens = [dare_generator(recipe, site.name, i, base.device) for i in k]
         fn = methods.dare_ties if m == "dare_ties" else methods.dare_linear
-        return fn(base, sources, weights, densities, gens, lam, normalize)
+        return fn(base, sources, weights, densities, gens, lam, normalize, out_dtype=out_dtype)
     if m in ("breadcrumbs", "breadcrumbs_ties"):
         gammas = [recipe.source_param(i, "gamma", site) for i in k]
         return methods.breadcrumbs(base, sources, weights, densities, gammas, lam, normalize,
-                                   sign_consensus=m == "breadcrumbs_ties")
+                                   sign_consensus=m == "breadcrumbs_ties", out_dtype=out_dtype)
     raise ValueError(f"method: unknown merge method {m!r}")
