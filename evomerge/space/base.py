@@ -32,3 +32,14 @@ class Space(ABC):
     @abstractmethod
     def decode(self, genome: np.ndarray) -> Any:
         """A Recipe (PS/DFS spaces) or raw parameters (flat space)."""
+
+    def _check(self, genome: np.ndarray) -> np.ndarray:
+        """The genome as a finite float64 vector of the right length, clipped to the box."""
+        x = np.asarray(genome, dtype=np.float64).reshape(-1)
+        if x.size != self.dim:
+            raise ValueError(f"genome: expected {self.dim} genes, got {x.size}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("genome: contains non-finite values")
+        if self.lower is not None and self.upper is not None:
+            x = np.clip(x, self.lower, self.upper)
+        return x

@@ -9,8 +9,10 @@ decoded recipes.
 
 from __future__ import annotations
 
+from typing import Any
+
 from evomerge.recipe import Recipe
-from evomerge.space.dataflow import DataFlowSpace, ScaleMode
+from evomerge.space.dataflow import DataFlowSpace
 
 
 class PSDFSSpace(DataFlowSpace):
@@ -23,20 +25,10 @@ class PSDFSSpace(DataFlowSpace):
         other: str,
         other_layers: int,
         ps_recipe: Recipe | None = None,
-        repeats: int = 3,
-        scale_mode: ScaleMode = "pair",
-        sigma: float = 1 / 6,
-        indicator_range: tuple[float, float] = (-1.0, 1.0),
-        scale_range: tuple[float, float] = (0.0, 2.0),
+        **dataflow_options: Any,
     ) -> None:
+        """`dataflow_options` are DataFlowSpace's: repeats, scale_mode, sigma, ranges."""
         if ps_recipe is not None and ps_recipe.route is not None:
             raise ValueError("ps_recipe: expected a parameter-merge recipe, got a route recipe")
-        super().__init__(
-            [(ps_model, ps_layers), (other, other_layers)],
-            repeats=repeats,
-            scale_mode=scale_mode,
-            sigma=sigma,
-            indicator_range=indicator_range,
-            scale_range=scale_range,
-        )
+        super().__init__([(ps_model, ps_layers), (other, other_layers)], **dataflow_options)
         self.ps_recipe = ps_recipe

@@ -148,10 +148,3 @@ class DataFlowSpace(Space):
             names += [f"W[{i},{j}]" for i in range(self.M) for j in range(self.M)]
         return names
 
-    def _check(self, genome: np.ndarray) -> np.ndarray:
-        x = np.asarray(genome, dtype=np.float64).reshape(-1)
-        if x.size != self.dim:
-            raise ValueError(f"genome: expected {self.dim} genes, got {x.size}")
-        if not np.all(np.isfinite(x)):
-            raise ValueError("genome: contains non-finite values")
-        return np.clip(x, self.lower, self.upper)

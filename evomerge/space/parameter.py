@@ -160,13 +160,6 @@ class ParameterSpace(Space):
             names.append("method")
         return names
 
-    def _check(self, genome: np.ndarray) -> np.ndarray:
-        x = np.asarray(genome, dtype=np.float64).reshape(-1)
-        if x.size != self.dim:
-            raise ValueError(f"genome: expected {self.dim} genes, got {x.size}")
-        if not np.all(np.isfinite(x)):
-            raise ValueError("genome: contains non-finite values")
-        return np.clip(x, 0.0, 1.0)
 
     def _value(self, name: str, unit: np.ndarray) -> Any:
         """One parameter's recipe value from its cells' genes (kind-major, then group)."""
