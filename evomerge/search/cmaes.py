@@ -68,7 +68,10 @@ class CMAES(Controller):
         opts: dict[str, Any] = {"popsize": popsize, "verbose": -9,
                                 "seed": self.seed * 1000 + self.restart + 1,
                                 "CMA_diagonal": self.s.separable, "tolfun": 1e-12,
-                                "maxfevals": math.inf, "randn": _global_randn}
+                                "maxfevals": math.inf, "randn": _global_randn,
+                                # discrete scores (accuracy) plateau often: let pycma widen
+                                # its step size instead of stopping on a flat generation
+                                "tolflatfitness": math.inf}
         if self.lower is not None and self.upper is not None:
             opts["bounds"] = [list(map(float, self.lower)), list(map(float, self.upper))]
         state = np.random.get_state()
