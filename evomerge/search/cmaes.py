@@ -66,7 +66,9 @@ class CMAES(Controller):
         import cma
 
         opts: dict[str, Any] = {"popsize": popsize, "verbose": -9,
-                                "seed": self.seed * 1000 + self.restart + 1,
+                                # pycma seeds numpy only with its default sampler; we seed
+                                # our own stream below, so it must leave numpy alone
+                                "seed": np.nan,
                                 "CMA_diagonal": self.s.separable, "tolfun": 1e-12,
                                 "maxfevals": math.inf, "randn": _global_randn,
                                 # discrete scores (accuracy) plateau often: let pycma widen
@@ -74,10 +76,11 @@ class CMAES(Controller):
                                 "tolflatfitness": math.inf}
         if self.lower is not None and self.upper is not None:
             opts["bounds"] = [list(map(float, self.lower)), list(map(float, self.upper))]
-        state = np.random.get_state()
+        outer = np.random.get_state()
+        np.random.seed(self.seed * 1000 + self.restart + 1)
         es = cma.CMAEvolutionStrategy(self.x0.tolist(), sigma0, opts)
         self._np_state = np.random.get_state()
-        np.random.set_state(state)
+        np.random.set_state(outer)
         return es
 
     def ask(self, limit: int | None = None) -> list[Candidate]:
