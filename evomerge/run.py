@@ -235,6 +235,11 @@ class SearchRun:
                 cands = controller.ask()
                 state.timing.controller += time.perf_counter() - t0
                 cands = cands[: self.cfg.budget - state.trials]
+                if replay and not any(c.id in replay for c in cands):
+                    raise RunError(
+                        f"{self.trials_path}: the controller no longer proposes the logged "
+                        f"trials (next logged id {min(replay)}, asked {[c.id for c in cands]}); "
+                        "the run cannot be continued exactly")
                 told = []
                 for cand in cands:
                     line = replay.pop(cand.id, None)

@@ -119,3 +119,17 @@ def test_sigkill_at_a_random_moment_loses_no_finished_evaluation(tmp_path):
     assert len(after) == 1500
     assert [x["trial"] for x in after] == list(range(1500))
     assert signature(after[: len(before)]) == signature(before)
+
+
+def test_resume_refuses_a_log_the_controller_cannot_replay(tmp_path):
+    from evomerge.run import RunError
+
+    run = SearchRun.create(config(tmp_path), tmp_path / "r")
+    run.run(stop_after=70)  # checkpoint at 50, trials 50..69 only in the log
+    log = tmp_path / "r" / "trials.jsonl"
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    for x in lines[50:]:
+        x["id"] += 10_000  # as if another run's trials had been appended
+    log.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with pytest.raises(RunError, match="no longer proposes"):
+        SearchRun.open(tmp_path / "r").run()
