@@ -97,7 +97,8 @@ def build_controller(cfg: SearchConfig, task: Task) -> Controller:
         from evomerge.search.cmaes import CMAES, CMAESSettings
 
         settings = CMAESSettings(sigma0=c.sigma0 or 1 / 6, popsize=c.popsize,
-                                 separable=c.separable, restarts=c.restarts)
+                                 separable=c.separable, restarts=c.restarts,
+                                 step_size=c.step_size)
         return CMAES(x0, None, None, cfg.budget, settings, seed=cfg.seed)
     if c.kind == "random":
         from evomerge.search.random_search import RandomSearch

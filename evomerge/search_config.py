@@ -48,6 +48,7 @@ class ControllerSpec(BaseModel):
     popsize: int | None = Field(None, ge=2)
     separable: bool = False
     restarts: Literal["none", "ipop", "bipop"] = "none"
+    step_size: Literal["auto", "csa", "tpa"] = "auto"
     # random
     sigma: float = Field(0.1, gt=0)
     # optuna

@@ -183,3 +183,21 @@ def test_cmaes_proposals_are_reproducible_across_processes():
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True).stdout for _ in range(2)}
     assert len(outs) == 1
+
+
+@pytest.mark.parametrize("step_size,expected", [("auto", "CMAAdaptSigmaTPA"),
+                                                ("csa", "CMAAdaptSigmaCSA"),
+                                                ("tpa", "CMAAdaptSigmaTPA")])
+def test_cmaes_step_size_rule_is_selectable_and_survives_a_checkpoint(step_size, expected):
+    """pycma picks TPA from 300 dimensions on; `csa` must really replace it, and the choice
+    must travel with the checkpoint so a resumed run keeps the same rule."""
+    settings = CMAESSettings(sigma0=0.01, separable=True, step_size=step_size)
+    c = CMAES(np.zeros(400), None, None, budget=10_000, settings=settings, seed=5)
+    for _ in range(3):
+        cands = c.ask()
+        c.tell([(x, Result(x.id, sphere(x.genome))) for x in cands])
+    assert type(c.es.adapt_sigma).__name__ == expected
+    clone = CMAES(np.zeros(400), None, None, budget=10_000, settings=settings, seed=5)
+    clone.load_state_dict(pickle.loads(pickle.dumps(c.state_dict())))
+    assert type(clone.es.adapt_sigma).__name__ == expected
+    assert np.array_equal(c.ask()[0].genome, clone.ask()[0].genome)

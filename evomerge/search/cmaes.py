@@ -2,9 +2,9 @@
 
 Defaults: x0 from the space (0.5 in the unit box), σ₀ = 1/6, population 4 + ⌊3 ln n⌋; bounds
 through pycma's boundary handler; `separable` (diagonal covariance) for high dimensions;
-IPOP or BIPOP restarts. pycma minimises, so fitness is negated. pycma samples from numpy's
-global RNG, so that state travels with the checkpoint; the budget is exact: the last
-generation is asked only partly and never told.
+IPOP or BIPOP restarts; the step-size rule (pycma's CSA or TPA) selectable. pycma minimises,
+so fitness is negated. pycma samples from numpy's global RNG, so that state travels with the
+checkpoint; the budget is exact: the last generation is asked only partly and never told.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ class CMAESSettings:
     separable: bool = False
     restarts: Literal["none", "ipop", "bipop"] = "none"
     max_restarts: int = 9
+    # pycma's own choice is TPA from 300 dimensions on; on a plateau-ridden fitness (accuracy)
+    # TPA reads ties as failures and shrinks σ ~40x within 10k evaluations, where CSA holds it
+    step_size: Literal["auto", "csa", "tpa"] = "auto"
 
 
 class CMAES(Controller):
@@ -74,6 +77,11 @@ class CMAES(Controller):
                                 # discrete scores (accuracy) plateau often: let pycma widen
                                 # its step size instead of stopping on a flat generation
                                 "tolflatfitness": math.inf}
+        if self.s.step_size != "auto":
+            from cma import sigma_adaptation
+
+            opts["AdaptSigma"] = {"csa": sigma_adaptation.CMAAdaptSigmaCSA,
+                                  "tpa": sigma_adaptation.CMAAdaptSigmaTPA}[self.s.step_size]
         if self.lower is not None and self.upper is not None:
             opts["bounds"] = [list(map(float, self.lower)), list(map(float, self.upper))]
         outer = np.random.get_state()
