@@ -68,7 +68,7 @@ class Task:
 def build_task(cfg: SearchConfig) -> Task:
     from evomerge.evaluate import digits
 
-    ev = digits.DigitsEvaluator()
+    ev = digits.DigitsEvaluator(scores=cfg.task.scores)
     rng = np.random.default_rng(cfg.seed)
     if cfg.task.init == "pretrained":
         initial = [digits.train_expert(ev.data, range(0, 5), cfg.seed * 2 + 1,

@@ -27,6 +27,8 @@ class TaskSpec(BaseModel):
     kind: Literal["digits"] = "digits"
     init: Literal["scratch", "pretrained"] = "scratch"
     init_sigma: float = Field(0.01, gt=0)
+    # per-sample scores: 0/1 correctness (the paper) or p(true class), continuous
+    scores: Literal["correct", "p_correct"] = "correct"
     expert_steps: int = Field(10, ge=1)
     expert_lr: float = Field(3e-3, gt=0)
 

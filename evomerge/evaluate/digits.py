@@ -2,12 +2,14 @@
 
 First 80% of `load_digits` (1437 samples, no shuffle) is the search split, the last 20% (360)
 the held-out split; raw pixels 0–16; an MLP 64→256→10 (19,210 parameters) whose flat parameter
-vector is the genome. Per-sample scores are 0/1 correctness, which M2N2's competition needs.
+vector is the genome. Per-sample scores are 0/1 correctness (the paper) or the probability of
+the true class (continuous scores); M2N2's competition needs one or the other.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -50,7 +52,7 @@ def with_bias_column(x: np.ndarray) -> np.ndarray:
     return np.hstack([x, np.ones((len(x), 1), dtype=np.float32)])
 
 
-def predict(theta: np.ndarray, x_with_bias: np.ndarray) -> np.ndarray:
+def logits(theta: np.ndarray, x_with_bias: np.ndarray) -> np.ndarray:
     theta = np.asarray(theta, dtype=np.float32)
     if theta.shape != (N_PARAMS,):
         raise ValueError(f"genome: expected {N_PARAMS} parameters, got shape {theta.shape}")
@@ -58,16 +60,41 @@ def predict(theta: np.ndarray, x_with_bias: np.ndarray) -> np.ndarray:
     h = x_with_bias @ theta[:split].reshape(N_IN + 1, N_HIDDEN)
     np.maximum(h, 0, out=h)
     w2b = theta[split:].reshape(N_HIDDEN + 1, N_OUT)
-    return np.argmax(h @ w2b[:N_HIDDEN] + w2b[N_HIDDEN], axis=1)
+    out = h @ w2b[:N_HIDDEN]
+    out += w2b[N_HIDDEN]
+    return out
+
+
+def predict(theta: np.ndarray, x_with_bias: np.ndarray) -> np.ndarray:
+    return np.argmax(logits(theta, x_with_bias), axis=1)
+
+
+def p_correct(out: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Softmax probability of the true class, per sample: a score in [0, 1] that keeps
+    rewarding a correct answer as its margin grows."""
+    z = out - out.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    return z[np.arange(len(y)), y] / z.sum(axis=1)
+
+
+ScoreKind = Literal["correct", "p_correct"]
 
 
 class DigitsEvaluator:
-    """Scores a parameter vector: per-sample correctness on the search split, accuracy on both."""
+    """Scores a parameter vector: per-sample scores on the search split, accuracy on both.
+
+    Per-sample scores are 0/1 correctness (the paper's setting) or, with
+    `scores="p_correct"`, the probability given to the true class (continuous scores for
+    M2N2's c_j rule). The objective is accuracy either way.
+    """
 
     objectives = (("accuracy", "maximize"),)
 
-    def __init__(self, data: DigitsData | None = None):
+    def __init__(self, data: DigitsData | None = None, scores: ScoreKind = "correct"):
+        if scores not in ("correct", "p_correct"):
+            raise ValueError(f"scores: expected 'correct' or 'p_correct', got {scores!r}")
         self.data = data or load_data()
+        self.score_kind = scores
         self._x_train = with_bias_column(self.data.x_train)
         self._x_test = with_bias_column(self.data.x_test)
 
@@ -76,14 +103,18 @@ class DigitsEvaluator:
         return len(self.data.y_train)
 
     def scores(self, theta: np.ndarray) -> np.ndarray:
-        return (predict(theta, self._x_train) == self.data.y_train).astype(np.float32)
+        return self.evaluate(theta)[1]
 
     def heldout_accuracy(self, theta: np.ndarray) -> float:
         return float(np.mean(predict(theta, self._x_test) == self.data.y_test))
 
     def evaluate(self, theta: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
-        s = self.scores(theta)
-        return {"accuracy": float(s.mean())}, s
+        out = logits(theta, self._x_train)
+        correct = (np.argmax(out, axis=1) == self.data.y_train).astype(np.float32)
+        accuracy = float(correct.mean())
+        if self.score_kind == "correct":
+            return {"accuracy": accuracy}, correct
+        return {"accuracy": accuracy}, p_correct(out, self.data.y_train).astype(np.float32)
 
     def heldout(self, theta: np.ndarray) -> dict[str, float]:
         return {"accuracy": self.heldout_accuracy(theta)}
