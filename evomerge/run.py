@@ -16,6 +16,7 @@ import json
 import os
 import pickle
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,17 +36,47 @@ class RunError(ValueError):
 
 
 # --- compact per-sample scores -------------------------------------------------------------
-def encode_scores(scores: np.ndarray) -> dict[str, Any]:
-    s = np.asarray(scores)
+# 0/1 scores are logged as bits; scores in [0, 1] as 8-bit fixed point (zlib-packed); any
+# others as float16. The controller is told `as_logged(scores)`, never more precise values,
+# so a run replayed from its log makes exactly the decisions the live run made.
+def _kind(s: np.ndarray) -> str:
     if np.all((s == 0) | (s == 1)):
-        return {"n": int(s.size), "bits": base64.b64encode(np.packbits(s.astype(bool))).decode()}
-    return {"n": int(s.size), "f16": base64.b64encode(s.astype("<f2").tobytes()).decode()}
+        return "bits"
+    if s.size and s.min() >= 0 and s.max() <= 1:
+        return "u8"
+    return "f16"
+
+
+def as_logged(scores: np.ndarray) -> np.ndarray:
+    """The per-sample scores exactly as `decode_scores(encode_scores(scores))` returns them."""
+    s = np.asarray(scores, dtype=np.float32)
+    kind = _kind(s)
+    if kind == "bits":
+        return s
+    if kind == "u8":
+        return np.rint(s * 255).astype(np.uint8).astype(np.float32) / np.float32(255)
+    return s.astype("<f2").astype(np.float32)
+
+
+def encode_scores(scores: np.ndarray) -> dict[str, Any]:
+    s = np.asarray(scores, dtype=np.float32)
+    kind = _kind(s)
+    if kind == "bits":
+        raw = np.packbits(s.astype(bool)).tobytes()
+    elif kind == "u8":
+        raw = zlib.compress(np.rint(s * 255).astype(np.uint8).tobytes(), 1)
+    else:
+        raw = s.astype("<f2").tobytes()
+    return {"n": int(s.size), kind: base64.b64encode(raw).decode()}
 
 
 def decode_scores(data: dict[str, Any]) -> np.ndarray:
     if "bits" in data:
         bits = np.unpackbits(np.frombuffer(base64.b64decode(data["bits"]), dtype=np.uint8))
         return bits[: data["n"]].astype(np.float32)
+    if "u8" in data:
+        raw = zlib.decompress(base64.b64decode(data["u8"]))
+        return np.frombuffer(raw, dtype=np.uint8).astype(np.float32) / np.float32(255)
     return np.frombuffer(base64.b64decode(data["f16"]), dtype="<f2").astype(np.float32)
 
 
@@ -282,6 +313,8 @@ class SearchRun:
         t0 = time.perf_counter()
         try:
             objectives, scores = task.evaluator.evaluate(cand.genome)
+            if scores is not None:
+                scores = as_logged(scores)
             res = Result(cand.id, sign * objectives[primary], objectives, scores)
         except Exception as exc:  # a failed candidate is logged, never fatal to the run
             res = Result(cand.id, -np.inf, status="failed", error=f"{type(exc).__name__}: {exc}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import signal
 import subprocess
@@ -15,17 +16,19 @@ import pytest
 from typer.testing import CliRunner
 
 from evomerge.cli import app
-from evomerge.run import SearchRun, decode_scores, encode_scores
+from evomerge.run import SearchRun, as_logged, decode_scores, encode_scores
 
 from .conftest import write_yaml
 
 runner = CliRunner()
 
 
-def config(tmp_path: Path, name: str = "cfg.yaml", **controller) -> Path:
+def config(tmp_path: Path, name: str = "cfg.yaml", task: dict | None = None,
+           **controller) -> Path:
     ctrl = {"kind": "m2n2", "archive_size": 6, "mutation_sigma": 0.01, **controller}
     return write_yaml(tmp_path / name, {"name": "t", "seed": 3, "budget": 400,
-                                        "checkpoint_every": 50, "controller": ctrl})
+                                        "checkpoint_every": 50, "controller": ctrl,
+                                        "task": task or {"kind": "digits"}})
 
 
 def trials(run_dir: Path) -> list[dict]:
@@ -33,7 +36,7 @@ def trials(run_dir: Path) -> list[dict]:
 
 
 def signature(lines: list[dict]) -> list[tuple]:
-    return [(x["trial"], x["id"], x["fitness"], x.get("genome_digest"), x["scores"]["bits"])
+    return [(x["trial"], x["id"], x["fitness"], x.get("genome_digest"), x["scores"])
             for x in lines]
 
 
@@ -44,25 +47,51 @@ def test_scores_round_trip_compactly():
     enc = encode_scores(bits)
     assert len(json.dumps(enc)) < 300
     assert (decode_scores(enc) == bits).all()
-    cont = np.linspace(0, 1, 11).astype(np.float32)
-    assert np.allclose(decode_scores(encode_scores(cont)), cont, atol=1e-3)
+    unit = np.random.default_rng(1).random(1437).astype(np.float32)
+    enc = encode_scores(unit)
+    assert len(json.dumps(enc)) < 2100
+    assert np.abs(decode_scores(enc) - unit).max() <= 0.5 / 255 + 1e-7
+    wide = np.linspace(-3, 7, 11).astype(np.float32)
+    assert np.allclose(decode_scores(encode_scores(wide)), wide, atol=5e-3)
+    for s in (bits, unit, wide):  # what the controller is told is exactly what replay reads
+        assert np.array_equal(as_logged(s), decode_scores(encode_scores(s)))
 
 
-@pytest.mark.parametrize("controller", [{"kind": "m2n2"}, {"kind": "cmaes", "separable": True,
-                                                             "sigma0": 0.01, "popsize": 12}])
-def test_interrupted_serial_run_replays_the_same_trial_sequence(tmp_path, controller):
-    cfg = config(tmp_path, **controller)
+@pytest.mark.parametrize("controller,task", [
+    ({"kind": "m2n2"}, None),
+    # continuous scores: replay must see the same (8-bit) values the live run was told
+    ({"kind": "m2n2", "continuous_scores": True}, {"kind": "digits", "scores": "p_correct"}),
+    ({"kind": "cmaes", "separable": True, "sigma0": 0.01, "popsize": 12}, None),
+])
+def test_interrupted_serial_run_replays_the_same_trial_sequence(tmp_path, controller, task):
+    cfg = config(tmp_path, task=task, **controller)
     whole = SearchRun.create(cfg, tmp_path / "whole")
-    whole.run()
+    whole.run(stop_after=150)
     parts = SearchRun.create(cfg, tmp_path / "parts")
     parts.run(stop_after=137)  # stops between checkpoints, mid-generation for CMA-ES
     # what a kill in flight leaves: a torn last line and no checkpoint for the last trials
     with open(tmp_path / "parts" / "trials.jsonl", "a") as f:
         f.write('{"trial": 137, "id": 13')
-    SearchRun.open(tmp_path / "parts").run()
+    SearchRun.open(tmp_path / "parts").run(stop_after=13)
+    # at trial 150 the controllers hold the same state to the bit, replayed trials included
+    states = [pickle.loads((tmp_path / d / "checkpoint.pkl").read_bytes())["controller"]
+              for d in ("whole", "parts")]
+    assert state_fingerprint(states[0]) == state_fingerprint(states[1])
+    for d in ("whole", "parts"):
+        SearchRun.open(tmp_path / d).run()
     a, b = trials(tmp_path / "whole"), trials(tmp_path / "parts")
     assert len(a) == len(b) == 400
     assert signature(a) == signature(b)
+
+
+def state_fingerprint(state: dict) -> bytes:
+    """The search state that decides future proposals (pycma's own pickle also holds timers)."""
+    if "genomes" in state:  # m2n2
+        return pickle.dumps((state["scores"], state["genomes"], state["rng"]))
+    inner = pickle.loads(state["blob"])  # cmaes
+    es = inner["es"]
+    return pickle.dumps((inner["next_id"], es.mean, es.sigma, es.sm.variances,
+                         inner["_np_state"]))
 
 
 def test_resume_refuses_a_changed_config_but_accepts_a_larger_budget(tmp_path):
