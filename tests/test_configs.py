@@ -1,0 +1,35 @@
+"""The shipped search configs and the README's config example stay runnable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from evomerge.run import SearchRun
+from evomerge.search_config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+SEARCH_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if "controller:" in
+                        p.read_text())
+
+
+def test_there_are_search_configs_to_check():
+    names = {p.stem for p in SEARCH_CONFIGS}
+    assert {"digits_scratch_m2n2", "digits_scratch_m2n2_pcorrect", "digits_scratch_cmaes",
+            "digits_scratch_ga", "digits_pretrained_m2n2"} <= names
+
+
+@pytest.mark.parametrize("path", SEARCH_CONFIGS, ids=lambda p: p.stem)
+def test_each_search_config_runs_a_few_trials(path, tmp_path):
+    state = SearchRun.create(path, tmp_path / "run", budget=40).run()
+    assert state.trials == 40
+    assert state.best is not None and 0 <= state.best["heldout"]["accuracy"] <= 1
+
+
+def test_the_readme_config_example_is_a_valid_config(tmp_path):
+    text = (ROOT / "README.md").read_text().split("## Search config format")[1]
+    block = text.split("```yaml")[1].split("```")[0]
+    (tmp_path / "cfg.yaml").write_text(block)
+    cfg = load_config(tmp_path / "cfg.yaml")
+    assert cfg.controller.kind == "m2n2" and cfg.task.scores == "correct"
