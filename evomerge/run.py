@@ -36,47 +36,35 @@ class RunError(ValueError):
 
 
 # --- compact per-sample scores -------------------------------------------------------------
-# 0/1 scores are logged as bits; scores in [0, 1] as 8-bit fixed point (zlib-packed); any
-# others as float16. The controller is told `as_logged(scores)`, never more precise values,
-# so a run replayed from its log makes exactly the decisions the live run made.
-def _kind(s: np.ndarray) -> str:
-    if np.all((s == 0) | (s == 1)):
-        return "bits"
-    if s.size and s.min() >= 0 and s.max() <= 1:
-        return "u8"
-    return "f16"
+# 0/1 scores are logged as bits; any others as zlib-packed float32, lossless: quantising
+# continuous scores to 8 or 16 bits measurably changed what M2N2 found (digits, p_correct:
+# runs stalled at 80-83% that reach 86-91% at full precision). The controller is told
+# `as_logged(scores)`, so a run replayed from its log makes exactly the live run's decisions.
+def _is_binary(s: np.ndarray) -> bool:
+    return bool(np.all((s == 0) | (s == 1)))
 
 
 def as_logged(scores: np.ndarray) -> np.ndarray:
     """The per-sample scores exactly as `decode_scores(encode_scores(scores))` returns them."""
-    s = np.asarray(scores, dtype=np.float32)
-    kind = _kind(s)
-    if kind == "bits":
-        return s
-    if kind == "u8":
-        return np.rint(s * 255).astype(np.uint8).astype(np.float32) / np.float32(255)
-    return s.astype("<f2").astype(np.float32)
+    return np.asarray(scores, dtype=np.float32)
 
 
 def encode_scores(scores: np.ndarray) -> dict[str, Any]:
-    s = np.asarray(scores, dtype=np.float32)
-    kind = _kind(s)
-    if kind == "bits":
-        raw = np.packbits(s.astype(bool)).tobytes()
-    elif kind == "u8":
-        raw = zlib.compress(np.rint(s * 255).astype(np.uint8).tobytes(), 1)
-    else:
-        raw = s.astype("<f2").tobytes()
-    return {"n": int(s.size), kind: base64.b64encode(raw).decode()}
+    s = as_logged(scores)
+    if _is_binary(s):
+        return {"n": int(s.size), "bits": base64.b64encode(np.packbits(s.astype(bool))).decode()}
+    raw = zlib.compress(s.astype("<f4").tobytes(), 1)
+    return {"n": int(s.size), "f32z": base64.b64encode(raw).decode()}
 
 
 def decode_scores(data: dict[str, Any]) -> np.ndarray:
     if "bits" in data:
         bits = np.unpackbits(np.frombuffer(base64.b64decode(data["bits"]), dtype=np.uint8))
         return bits[: data["n"]].astype(np.float32)
-    if "u8" in data:
-        raw = zlib.decompress(base64.b64decode(data["u8"]))
-        return np.frombuffer(raw, dtype=np.uint8).astype(np.float32) / np.float32(255)
+    if "f32z" in data:
+        raw = zlib.decompress(base64.b64decode(data["f32z"]))
+        return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    # logs written before 2026-11-22 kept continuous scores as float16
     return np.frombuffer(base64.b64decode(data["f16"]), dtype="<f2").astype(np.float32)
 
 
