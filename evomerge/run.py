@@ -95,7 +95,8 @@ def build_task(cfg: SearchConfig) -> Task:
                    digits.train_expert(ev.data, range(5, 10), cfg.seed * 2 + 2,
                                        cfg.task.expert_steps, cfg.task.expert_lr)]
     else:
-        n = cfg.controller.archive_size if cfg.controller.kind == "m2n2" else 1
+        n = cfg.task.init_members or (
+            cfg.controller.archive_size if cfg.controller.kind == "m2n2" else 1)
         initial = [digits.init_params(rng, cfg.task.init_sigma) for _ in range(n)]
     objectives, reference = build_task_objectives(cfg)
     return Task(ev, initial, objectives, reference)

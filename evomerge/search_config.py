@@ -27,6 +27,9 @@ class TaskSpec(BaseModel):
     kind: Literal["digits"] = "digits"
     init: Literal["scratch", "pretrained"] = "scratch"
     init_sigma: float = Field(0.01, gt=0)
+    # random members to start from (scratch): None fills the M2N2 archive; SakanaAI's
+    # natural_niches starts from 2 and lets children fill the empty slots
+    init_members: int | None = Field(None, ge=1)
     # per-sample scores: 0/1 correctness (the paper) or p(true class), continuous
     scores: Literal["correct", "p_correct"] = "correct"
     expert_steps: int = Field(10, ge=1)

@@ -33,3 +33,4 @@ def test_the_readme_config_example_is_a_valid_config(tmp_path):
     (tmp_path / "cfg.yaml").write_text(block)
     cfg = load_config(tmp_path / "cfg.yaml")
     assert cfg.controller.kind == "m2n2" and cfg.task.scores == "correct"
+    assert cfg.task.init_members == 2

@@ -161,3 +161,15 @@ def test_resume_refuses_a_log_the_controller_cannot_replay(tmp_path):
     log.write_text("".join(json.dumps(x) + "\n" for x in lines))
     with pytest.raises(RunError, match="no longer proposes"):
         SearchRun.open(tmp_path / "r").run()
+
+
+@pytest.mark.parametrize("init_members,pending", [(None, 2), (2, 0)])
+def test_init_members_sets_how_many_random_members_start_the_archive(tmp_path, init_members,
+                                                                       pending):
+    """natural_niches starts from 2 members and lets children fill the empty slots."""
+    task = {"kind": "digits", "init_members": init_members}
+    run = SearchRun.create(config(tmp_path, task=task), tmp_path / "run", budget=4)
+    run.run()
+    state = pickle.loads((tmp_path / "run" / "checkpoint.pkl").read_bytes())["controller"]
+    assert len(state["pending_initial"]) == pending  # archive_size 6: 6 initial by default
+    assert len(state["genomes"]) == 4  # not full yet: nothing evicted
