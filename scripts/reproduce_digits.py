@@ -43,15 +43,15 @@ EXPERIMENTS = {
 MARKS = (10_000, 20_000, 50_000)
 
 
-def run_one(config: str, seed: int, budget: int, out: Path) -> dict:
+def run_one(config: str, seed: int, budget: int, out: Path, reuse: bool = True) -> dict:
     run_dir = out / f"{config}-s{seed}"
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "evomerge.cli", "search", str(ROOT / "configs" / f"{config}.yaml"),
            "--run-dir", str(run_dir), "--seed", str(seed), "--budget", str(budget)]
-    # a finished run of the same config and budget is reused, not repeated
+    # a finished run of the same config and budget is reused (unless timed), not repeated
     done = run_dir / "wall.json"
     key = {"budget": budget, "config": hashlib.sha256(Path(cmd[4]).read_bytes()).hexdigest()}
-    if done.exists() and {k: v for k, v in json.loads(done.read_text()).items()
+    if reuse and done.exists() and {k: v for k, v in json.loads(done.read_text()).items()
                           if k != "wall"} == key:
         wall = json.loads(done.read_text())["wall"]
     else:
@@ -80,27 +80,38 @@ def test_at(curve: list[tuple[int, float, float]], n: int) -> float | None:
     return best[-1][2] if best else None
 
 
-def bare_loop(n_evals: int, seed: int = 0) -> float:
-    """The same M2N2 step in plain numpy with the same vectorised evaluator, no logging, no
-    checkpoints, no controller objects: evaluations per second."""
-    from evomerge.evaluate.digits import DigitsEvaluator
+def bare_loop(n_evals: int, seed: int = 0, marks: tuple[int, ...] = ()
+              ) -> tuple[float, dict[int, float]]:
+    """The paper-setting M2N2 step in plain numpy with the same vectorised evaluator: archive 20
+    grown from 2 random members, alpha 1, attraction, split-point SLERP, mutation 0.01; no
+    logging, no checkpoints, no controller objects. Written apart from `evomerge.search.m2n2`,
+    so it checks the accuracy as well as the speed. Returns evaluations/s and, at each of
+    `marks`, the test accuracy of the best-train member so far."""
+    from evomerge.evaluate.digits import N_PARAMS, DigitsEvaluator
 
-    score = DigitsEvaluator().scores
+    ev = DigitsEvaluator()
     rng = np.random.default_rng(seed)
-    pop = [(rng.standard_normal(19210) * 0.01).astype(np.float32) for _ in range(20)]
-
-    s = np.stack([score(p) for p in pop])
+    pop = [(rng.standard_normal(N_PARAMS) * 0.01).astype(np.float32) for _ in range(2)]
+    rows = [ev.evaluate(p) for p in pop]
+    s = np.stack([r[1] for r in rows])
+    best_train, best_test, at = -1.0, 0.0, {}
+    for p, (obj, _) in zip(pop, rows, strict=True):
+        if obj["accuracy"] > best_train:
+            best_train, best_test = obj["accuracy"], ev.heldout_accuracy(p)
     t0 = time.perf_counter()
-    for _ in range(n_evals):
+    for i in range(len(pop), n_evals):
+        if i in marks:
+            at[i] = best_test
         z = s.sum(0)
         z[z == 0] = 1
         f = s / z
         fit = f.sum(1)
-        a = rng.choice(20, p=fit / fit.sum()) if fit.sum() > 0 else rng.integers(20)
+        a = rng.choice(len(pop), p=fit / fit.sum()) if fit.sum() > 0 else rng.integers(len(pop))
         g = np.maximum(0, f - f[a]).sum(1)
-        b = rng.choice(20, p=g / g.sum()) if g.sum() > 0 else rng.integers(20)
+        b = rng.choice(len(pop), p=g / g.sum()) if g.sum() > 0 else rng.choice(
+            len(pop), p=fit / fit.sum())
         pa, pb = pop[a], pop[b]
-        w, split = rng.uniform(), int(rng.uniform() * 19210)
+        w, split = rng.uniform(), int(rng.uniform() * N_PARAMS)
         cos = float(pa @ pb) / max(float(np.linalg.norm(pa) * np.linalg.norm(pb)), 1e-12)
         th = np.arccos(np.clip(cos, -1, 1))
         child = np.empty_like(pa)
@@ -109,17 +120,41 @@ def bare_loop(n_evals: int, seed: int = 0) -> float:
                 child[sl] = (1 - ww) * pa[sl] + ww * pb[sl]
             else:
                 child[sl] = (np.sin((1 - ww) * th) * pa[sl] + np.sin(ww * th) * pb[sl]) / np.sin(th)
-        child += rng.standard_normal(19210, dtype=np.float32) * 0.01
-        sc = score(child)
-        s2 = np.vstack([s, sc])
-        z = s2.sum(0)
+        child += rng.standard_normal(N_PARAMS, dtype=np.float32) * 0.01
+        obj, sc = ev.evaluate(child)
+        if obj["accuracy"] > best_train:
+            best_train, best_test = obj["accuracy"], ev.heldout_accuracy(child)
+        if len(pop) < 20:
+            pop.append(child)
+            s = np.vstack([s, sc])
+            continue
+        z = s.sum(0) + sc
         z[z == 0] = 1
-        worst = int(np.argmin((s2 / z).sum(1)))
-        if worst < 20:
+        worst = int(np.argmin(np.append((s / z).sum(1), (sc / z).sum())))
+        if worst < len(pop):  # the child takes the worst member's slot, scores and all
             pop[worst] = child
-            s2 = np.delete(s2, worst, 0)
-            s = s2
-    return n_evals / (time.perf_counter() - t0)
+            s[worst] = sc
+    rate = (n_evals - 2) / (time.perf_counter() - t0)
+    at.update({m: best_test for m in marks if m >= n_evals})
+    return rate, at
+
+
+def bare_accuracy(seed: int, budget: int, marks: tuple[int, ...], runs: Path
+                  ) -> dict[int, float]:
+    """`bare_loop`'s test accuracies in a process of its own with one BLAS thread, so that two
+    can run side by side like the `evomerge search` runs; the result is cached like theirs."""
+    cache = runs / f"bare-s{seed}-{budget}.json"
+    if cache.exists():
+        return {int(k): v for k, v in json.loads(cache.read_text()).items()}
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    code = (f"import json, sys; sys.path.insert(0, {str(ROOT / 'scripts')!r}); "
+            f"from reproduce_digits import bare_loop; "
+            f"print(json.dumps(bare_loop({budget}, {seed}, {tuple(marks)!r})[1]))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(out)
+    return {int(k): v for k, v in json.loads(out).items()}
 
 
 def main() -> None:
@@ -138,18 +173,32 @@ def main() -> None:
     from threadpoolctl import threadpool_limits
 
     # Speed, measured alone: the bare loop against a full `evomerge search` run.
-    speed_budget = max(1000, int(20_000 * args.scale))
+    speed_budget = max(1000, int(50_000 * args.scale))
     with threadpool_limits(1):  # the same one BLAS thread the search processes get
-        bare = bare_loop(speed_budget)
-    alone = run_one("digits_scratch_m2n2", 99, speed_budget, args.runs)
+        bare, _ = bare_loop(speed_budget)
+    alone = run_one("digits_scratch_m2n2", 99, speed_budget, args.runs, reuse=False)
     print(f"bare numpy M2N2 loop: {bare:.0f} evaluations/s; evomerge search alone: "
           f"{speed_budget / alone['wall']:.0f}/s", flush=True)
 
+    marks = tuple(int(m * args.scale) for m in MARKS)
     jobs = [(c, s, int(EXPERIMENTS[c][1] * args.scale)) for c in configs for s in seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda j: run_one(*j, args.runs), jobs))
+        bare_runs = list(pool.map(lambda s: bare_accuracy(s, marks[-1], marks, args.runs), seeds))
     for r in results:
         print(r["config"], r["seed"], f"{r['wall']:.0f}s", test_at(r["curve"], r["budget"] + 1))
+
+    def cells(accs: list[dict[int, float]], paper: dict[int, float]) -> str:
+        out = []
+        for mark, n in zip(MARKS, marks, strict=True):
+            vals = [a[n] * 100 for a in accs if a.get(n) is not None]
+            if not vals:
+                out.append("–")
+                continue
+            se = statistics.stdev(vals) / len(vals) ** 0.5 if len(vals) > 1 else 0.0
+            ref = f" [{paper[mark]}]" if mark in paper and args.scale == 1.0 else ""
+            out.append(f"{statistics.mean(vals):.1f} ± {se:.1f}{ref}")
+        return " | ".join(out)
 
     lines = ["# M2N2 on sklearn digits: reproduction", "",
              f"Command: `python scripts/reproduce_digits.py --seeds {args.seeds} "
@@ -161,23 +210,15 @@ def main() -> None:
     for c in configs:
         label, budget, paper = EXPERIMENTS[c]
         rs = [r for r in results if r["config"] == c]
-        cells = []
-        for mark in MARKS:
-            n = int(mark * args.scale)
-            vals = [test_at(r["curve"], n + 1) for r in rs] if n <= rs[0]["budget"] else []
-            vals = [v * 100 for v in vals if v is not None]
-            if not vals:
-                cells.append("–")
-                continue
-            se = statistics.stdev(vals) / len(vals) ** 0.5 if len(vals) > 1 else 0.0
-            ref = f" [{paper[mark]}]" if mark in paper and args.scale == 1.0 else ""
-            cells.append(f"{statistics.mean(vals):.1f} ± {se:.1f}{ref}")
+        accs = [{n: test_at(r["curve"], n + 1) for n in marks if n <= r["budget"]} for r in rs]
         wall = statistics.mean(r["wall"] for r in rs)
         rate = statistics.mean(r["budget"] / r["wall"] for r in rs)
         ctrl = statistics.mean(r["controller_per_trial"] for r in rs) * 1e3
         logt = statistics.mean(r["logging_per_trial"] for r in rs) * 1e3
-        lines.append(f"| {label} | {' | '.join(cells)} | {wall:.0f} | {rate:.0f} | {ctrl:.2f} |"
+        lines.append(f"| {label} | {cells(accs, paper)} | {wall:.0f} | {rate:.0f} | {ctrl:.2f} |"
                      f" {logt:.3f} |")
+    lines.append(f"| bare numpy loop, paper setting (independent code, own RNG streams) | "
+                 f"{cells(bare_runs, {})} | – | {bare:.0f} (alone) | – | – |")
     rate = speed_budget / alone["wall"]
     lines += ["", f"Speed, each measured alone with one BLAS thread: a bare numpy M2N2 loop "
               f"(same step, same evaluator, nothing logged) ran {bare:.0f} evaluations/s; a "
