@@ -31,6 +31,7 @@ def test_evaluator_scores_match_a_plain_forward_pass(data, kind):
     objectives, scores = ev.evaluate(theta)
     out = reference_logits(theta, data.x_train)
     correct = out.argmax(1) == data.y_train
+    assert np.array_equal(ev.predictions(theta), out.argmax(1))
     assert objectives["accuracy"] == pytest.approx(correct.mean())
     if kind == "correct":
         assert np.array_equal(scores, correct.astype(np.float32))

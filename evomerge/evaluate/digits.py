@@ -105,6 +105,11 @@ class DigitsEvaluator:
     def scores(self, theta: np.ndarray) -> np.ndarray:
         return self.evaluate(theta)[1]
 
+    def predictions(self, theta: np.ndarray) -> np.ndarray:
+        """Predicted class of every search-split sample (to diagnose a run, e.g. a class that
+        no member ever predicts)."""
+        return predict(theta, self._x_train)
+
     def heldout_accuracy(self, theta: np.ndarray) -> float:
         return float(np.mean(predict(theta, self._x_test) == self.data.y_test))
 
