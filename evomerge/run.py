@@ -111,7 +111,7 @@ def build_controller(cfg: SearchConfig, task: Task) -> Controller:
         settings = M2N2Settings(archive_size=c.archive_size, alpha=c.alpha,
                                 mutation_sigma=c.mutation_sigma, attraction=c.attraction,
                                 split_point=c.split_point, crossover=c.crossover,
-                                continuous_scores=c.continuous_scores)
+                                sample_reward=c.sample_reward)
         return M2N2(task.initial, settings, seed=cfg.seed)
     if c.kind == "cmaes":
         from evomerge.search.cmaes import CMAES, CMAESSettings

@@ -47,7 +47,7 @@ class ControllerSpec(BaseModel):
     attraction: bool = True
     split_point: bool = True
     crossover: bool = True
-    continuous_scores: bool = False
+    sample_reward: Literal["one", "best"] = "one"
     # cmaes
     sigma0: float | None = Field(None, gt=0)
     popsize: int | None = Field(None, ge=2)

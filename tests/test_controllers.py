@@ -30,11 +30,22 @@ def test_shared_fitness_matches_the_definition():
     assert np.allclose(fit, [1.5, 1.5, 0])
     m.s.alpha = 0.0
     assert np.allclose(m.shared_fitness(s)[1], [2, 2, 0])
-    m.s.alpha, m.s.continuous_scores = 2.0, True
+    m.s.alpha, m.s.sample_reward = 2.0, "best"
     sc = np.array([[0.5, 0.2], [0.25, 0.0]])
     f, _ = m.shared_fitness(sc)
     # c = (0.5, 0.2), z = (0.75, 0.2): F = c·S / z²
     assert np.allclose(f, [[0.5 * 0.5 / 0.75**2, 0.2 * 0.2 / 0.04], [0.5 * 0.25 / 0.75**2, 0]])
+    # c_j = 1, alpha 1: every sample anyone scores on shares out exactly one unit, however
+    # badly all members do on it ('best' pays 1e-4 in all on the second sample)
+    m.s.alpha, m.s.sample_reward = 1.0, "one"
+    sc = np.array([[0.9, 1e-4], [0.3, 3e-4], [0.0, 0.0]])
+    f, _ = m.shared_fitness(sc)
+    assert np.allclose(f.sum(axis=0), [1.0, 1.0])
+    assert np.allclose(f[:, 1], [0.25, 0.75, 0])
+    m.s.sample_reward = "best"
+    assert m.shared_fitness(sc)[0][:, 1].sum() == pytest.approx(3e-4)
+    with pytest.raises(ValueError, match="sample_reward"):
+        M2N2Settings(sample_reward="max")  # type: ignore[arg-type]
 
 
 def _told(m: M2N2, scores: list[list[float]]) -> None:

@@ -59,7 +59,7 @@ def test_scores_round_trip_compactly():
 @pytest.mark.parametrize("controller,task", [
     ({"kind": "m2n2"}, None),
     # continuous scores: replay must see the very values the live run was told
-    ({"kind": "m2n2", "continuous_scores": True}, {"kind": "digits", "scores": "p_correct"}),
+    ({"kind": "m2n2", "sample_reward": "best"}, {"kind": "digits", "scores": "p_correct"}),
     ({"kind": "cmaes", "separable": True, "sigma0": 0.01, "popsize": 12}, None),
 ])
 def test_interrupted_serial_run_replays_the_same_trial_sequence(tmp_path, controller, task):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -109,7 +109,15 @@ class M2N2Settings:
     attraction: bool = True
     split_point: bool = True
     crossover: bool = True
-    continuous_scores: bool = False  # c_j = max_k S[k,j] instead of 1
+    # c_j, the most reward sample j hands out: 'one' (1: with alpha 1 each sample shares out
+    # exactly one unit, by score) or 'best' (max_k S[k,j], the paper's rule for continuous
+    # scores, which pays next to nothing on samples no member scores well on)
+    sample_reward: Literal["one", "best"] = "one"
+
+    def __post_init__(self) -> None:
+        if self.sample_reward not in ("one", "best"):
+            raise ValueError(
+                f"sample_reward: expected 'one' or 'best', got {self.sample_reward!r}")
 
 
 class M2N2(Controller):
@@ -136,7 +144,7 @@ class M2N2(Controller):
         """(F, fitness): F[k,j] = c_j·S[k,j] / z_j^α with z_j = Σ_k S[k,j] (0 → 1)."""
         z = scores.sum(axis=0)
         z[z == 0] = 1.0
-        c = scores.max(axis=0) if self.s.continuous_scores else 1.0
+        c = scores.max(axis=0) if self.s.sample_reward == "best" else 1.0
         f = c * scores / z**self.s.alpha if self.s.alpha != 0 else c * scores
         return f, f.sum(axis=1)
 
