@@ -102,9 +102,6 @@ class DigitsEvaluator:
     def n_samples(self) -> int:
         return len(self.data.y_train)
 
-    def scores(self, theta: np.ndarray) -> np.ndarray:
-        return self.evaluate(theta)[1]
-
     def predictions(self, theta: np.ndarray) -> np.ndarray:
         """Predicted class of every search-split sample (to diagnose a run, e.g. a class that
         no member ever predicts)."""
