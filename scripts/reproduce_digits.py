@@ -14,6 +14,7 @@ about 40 minutes on 2 cores; finished runs are reused from `--runs`.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -85,10 +86,16 @@ def dead_classes(run_dir: Path) -> int:
     small step flips a whole class)."""
     import pickle
 
+    genome = pickle.loads((run_dir / "checkpoint.pkl").read_bytes())["best_genome"]
+    return 10 - len(np.unique(_evaluator().predictions(genome)))
+
+
+@functools.cache
+def _evaluator():
+    """One digits evaluator for every run's diagnosis (loading the data once)."""
     from evomerge.evaluate.digits import DigitsEvaluator
 
-    genome = pickle.loads((run_dir / "checkpoint.pkl").read_bytes())["best_genome"]
-    return 10 - len(np.unique(DigitsEvaluator().predictions(genome)))
+    return DigitsEvaluator()
 
 
 def test_at(curve: list[tuple[int, float, float]], n: int) -> float | None:
