@@ -1,0 +1,180 @@
+"""The in-place materialiser: recipe → the weights of one live `transformers` model.
+
+A search builds thousands of candidates from the same sources. Writing each to disk and
+loading it back costs far more than the merge itself, so a `CandidateBuilder` opens the
+sources once, keeps every tensor resident in its stored dtype on the chosen device, owns one
+live model, and per candidate runs the very `merge_tensor` the streaming materialiser runs,
+copying each result into the live parameter. The live model is therefore bit-identical to
+what `evomerge merge` writes for the same recipe; only the I/O differs.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from evomerge.merge.streaming import (
+    _TORCH_DTYPES,
+    MergeError,
+    MergeOptions,
+    _all_finite,
+    check_compatible,
+    open_models,
+)
+from evomerge.merge.tensor_merge import merge_tensor
+from evomerge.models.architecture import count_layers, tensor_site
+from evomerge.recipe import Recipe
+
+
+@dataclass
+class BuildStats:
+    seconds: float
+    tensors: int
+    bytes_read: int
+    bytes_written: int
+
+
+class CandidateBuilder:
+    """Resident sources + one live model; `build(recipe)` rewrites the model's weights.
+
+    `base` and `sources` fix the model references every recipe must use (in this order);
+    `dtype` is the live model's dtype (recipes whose `dtype` differs are refused, since the
+    bit-identity with `evomerge merge` holds only for the same output dtype).
+    """
+
+    def __init__(self, base: str | None, sources: list[str], dtype: str | None = None,
+                 device: str = "cpu", workers: int = 2, allow_pickle: bool = False,
+                 allow_download: bool = False):
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise MergeError(f"device: {device} requested but CUDA is not available")
+        self.device = torch.device(device)
+        self.base_ref, self.source_refs = base, list(sources)
+        probe = Recipe.from_dict({"method": "linear",
+                                  "sources": [{"model": s} for s in sources]}, "<builder>")
+        if base:
+            probe = probe.model_copy(update={"base": base})
+        opts = MergeOptions(allow_pickle=allow_pickle, allow_download=allow_download)
+        base_m, source_ms = open_models(probe, opts)
+        models = ([base_m] if base_m else []) + source_ms
+        try:
+            check_compatible(models)
+            ref = models[0]
+            self.ref_path: Path = ref.path
+            self.config = dict(ref.config)
+            self.num_layers = count_layers(list(ref.entries), ref.config)
+            self.names = [n for n, e in ref.entries.items() if e.dtype.is_floating_point]
+            # Largest first, as in the streaming merge: big tensors overlap on the workers.
+            self.names.sort(key=lambda n: -_numel(ref.entries[n].shape))
+            self.stored_dtype = ref.entries[self.names[0]].dtype if self.names else None
+            self.dtype = _TORCH_DTYPES[dtype] if dtype else self.stored_dtype
+            self.base = ({n: base_m.read(n).to(self.device) for n in self.names}
+                         if base_m else None)
+            self.sources = [{n: m.read(n).to(self.device) for n in self.names}
+                            for m in source_ms]
+        finally:
+            for m in models:
+                m.close()
+        self.model = self._live_model()
+        self.params = self._live_parameters()
+        self.workers = 1 if self.device.type == "cuda" else max(1, workers)
+        self._pool = (ThreadPoolExecutor(self.workers, initializer=torch.set_num_threads,
+                                         initargs=(1,)) if self.workers > 1 else None)
+        self.last: BuildStats | None = None
+
+    # --- setup --------------------------------------------------------------------------
+    def _live_model(self) -> Any:
+        """The one model object every candidate is written into: loaded once from the first
+        model's directory (so buffers and tied weights are set up by transformers itself)."""
+        from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        try:
+            model = AutoModelForCausalLM.from_pretrained(self.ref_path, dtype=self.dtype)
+        except Exception as exc:
+            raise MergeError(f"{self.ref_path}: transformers cannot load it as a causal LM: "
+                             f"{type(exc).__name__}: {exc}") from None
+        return model.to(self.device).eval().requires_grad_(False)
+
+    def _live_parameters(self) -> dict[str, torch.Tensor]:
+        state = self.model.state_dict(keep_vars=True)
+        missing = [n for n in self.names if n not in state]
+        if missing:
+            raise MergeError(
+                f"{self.ref_path}: tensor {missing[0]} has no parameter of that name in the "
+                f"live {type(self.model).__name__} (transformers renames this checkpoint's "
+                "weights on load); in-place candidates need matching names")
+        return {n: state[n] for n in self.names}
+
+    # --- per candidate --------------------------------------------------------------------
+    def check(self, recipe: Recipe) -> None:
+        """Refuse a recipe this builder cannot build exactly, naming the field."""
+        if recipe.route is not None:
+            raise MergeError("route: layer-route (data-flow) recipes are not built in place yet")
+        if recipe.base is not None and recipe.base != self.base_ref:
+            raise MergeError(f"base: {recipe.base!r} is not this builder's base "
+                             f"{self.base_ref!r}")
+        refs = [s.model for s in recipe.sources]
+        if refs != self.source_refs:
+            raise MergeError(f"sources: {refs} are not this builder's sources "
+                             f"{self.source_refs}")
+        if recipe.dtype is not None and _TORCH_DTYPES[recipe.dtype] != self.dtype:
+            raise MergeError(f"dtype: recipe asks for {recipe.dtype}, the live model is "
+                             f"{self.dtype}")
+        if recipe.base is None and recipe.method not in ("linear", "slerp"):
+            raise MergeError(f"base: method {recipe.method!r} needs a base model")
+
+    def build(self, recipe: Recipe) -> Any:
+        """Write `recipe`'s merged weights into the live model and return it."""
+        self.check(recipe)
+        start = time.perf_counter()
+
+        def one(name: str) -> int:
+            site = tensor_site(name, self.num_layers)
+            base = self.base[name] if recipe.base is not None else None
+            inputs = [s[name] for s in self.sources]
+            try:
+                out = merge_tensor(recipe, site, base, inputs, out_dtype=self.dtype)
+            except ValueError as exc:
+                raise MergeError(f"tensor {name}: {exc}") from None
+            if not _all_finite(out):
+                raise MergeError(f"tensor {name}: the merge produced NaN or Inf")
+            self.params[name].data.copy_(out)
+            return out.numel() * out.element_size()
+
+        threads_before = torch.get_num_threads()
+        try:
+            if self._pool is None:
+                written = sum(one(n) for n in self.names)
+            else:
+                torch.set_num_threads(1)
+                written = sum(self._pool.map(one, self.names))
+        finally:
+            torch.set_num_threads(threads_before)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        read = sum(t.numel() * t.element_size()
+                   for d in ([self.base] if self.base else []) + self.sources for t in d.values())
+        self.last = BuildStats(time.perf_counter() - start, len(self.names), read, written)
+        return self.model
+
+    def tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.ref_path)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
