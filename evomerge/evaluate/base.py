@@ -1,0 +1,128 @@
+"""What every evaluator is: named metrics known up front, and per split a score per metric
+plus per-sample scores (what M2N2's competition for data points needs).
+
+Evaluators are built once per worker and then score one live model after another: whatever
+does not depend on the weights (data, tokenisation, lm-eval task objects) is prepared at
+construction, so a candidate costs its forward passes and little else.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+Split = Literal["search", "heldout"]
+SPLITS: tuple[Split, ...] = ("search", "heldout")
+
+
+class EvaluatorError(ValueError):
+    """An evaluator that cannot be built or run; the message names the file or field."""
+
+
+@dataclass
+class Evaluation:
+    """One split's scores: `metrics` by name, and for metrics that have them, per-sample scores
+    (higher is better, in [0, 1]) in a fixed sample order."""
+
+    metrics: dict[str, float]
+    samples: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class Evaluator(ABC):
+    """Scores a live model on a split. `metrics()` is known before any evaluation, so a config
+    whose objective names a metric nobody produces fails before the search starts."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    @abstractmethod
+    def metrics(self) -> list[str]: ...
+
+    @abstractmethod
+    def evaluate(self, model: Any, tokenizer: Any, split: Split) -> Evaluation: ...
+
+
+def build_evaluator(spec: Any, origin: str = "<config>") -> Evaluator:
+    """The evaluator a spec describes (one seam for every kind)."""
+    from evomerge.evaluate import classification, lm_eval_harness, perplexity, user_callable
+
+    kinds = {"lm_eval": lm_eval_harness.LMEvalEvaluator,
+             "perplexity": perplexity.PerplexityEvaluator,
+             "classification": classification.ClassificationEvaluator,
+             "callable": user_callable.CallableEvaluator}
+    return kinds[spec.kind](spec, origin)
+
+
+class ForwardTimer:
+    """Seconds spent inside a model's forward calls (generation steps included), to tell an
+    evaluator's own overhead from the model's work."""
+
+    def __init__(self, model: Any):
+        self.seconds = 0.0
+        self.calls = 0
+        self._t0 = 0.0
+        self._handles = [model.register_forward_pre_hook(self._pre),
+                         model.register_forward_hook(self._post)]
+
+    def _pre(self, *_: Any) -> None:
+        self._t0 = time.perf_counter()
+
+    def _post(self, *_: Any) -> None:
+        self.seconds += time.perf_counter() - self._t0
+        self.calls += 1
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+# --- data files ------------------------------------------------------------------------------
+def read_records(path: str | Path, where: str) -> list[dict[str, Any]]:
+    """Lines of a jsonl file (or, for other files, {"text": line} per non-empty line)."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise EvaluatorError(f"{where}: cannot read {p}: {exc.strerror}") from None
+    out: list[dict[str, Any]] = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if p.suffix == ".jsonl":
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise EvaluatorError(f"{p}: line {i}: not valid JSON ({exc.msg})") from None
+            if not isinstance(rec, dict):
+                raise EvaluatorError(f"{p}: line {i}: expected a JSON object")
+            out.append(rec)
+        else:
+            out.append({"text": line})
+    if not out:
+        raise EvaluatorError(f"{where}: {p} holds no items")
+    return out
+
+
+def split_records(spec: Any, where: str) -> dict[Split, list[dict[str, Any]]]:
+    """Search and held-out items: two files, or one file cut at `heldout_fraction`."""
+    items = read_records(spec.data, f"{where}.data")
+    if spec.heldout_data is not None:
+        return {"search": items, "heldout": read_records(spec.heldout_data,
+                                                         f"{where}.heldout_data")}
+    cut = len(items) - max(1, round(len(items) * spec.heldout_fraction))
+    if cut < 1:
+        raise EvaluatorError(f"{where}.data: {len(items)} items cannot be split into search "
+                             f"and held-out parts (heldout_fraction {spec.heldout_fraction})")
+    return {"search": items[:cut], "heldout": items[cut:]}
+
+
+def field_of(rec: dict[str, Any], name: str, path: str, index: int) -> Any:
+    if name not in rec:
+        raise EvaluatorError(f"{path}: item {index} has no field {name!r}")
+    return rec[name]

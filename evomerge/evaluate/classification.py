@@ -1,0 +1,82 @@
+"""Classification accuracy on a labelled jsonl with a causal LM: the prediction is the label
+whose text is most likely after the item's prompt.
+
+Metrics: `accuracy` (per-sample: correct or not) and `p_label` (the probability the model
+gives the true label among the labels, per sample: a continuous signal for M2N2).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from evomerge.evaluate.base import (
+    SPLITS,
+    Evaluation,
+    Evaluator,
+    EvaluatorError,
+    Split,
+    field_of,
+    split_records,
+)
+from evomerge.evaluate.scoring import continuation_logprobs
+
+
+class ClassificationEvaluator(Evaluator):
+    def __init__(self, spec: Any, origin: str = "<config>"):
+        super().__init__(spec.name)
+        self.spec = spec
+        where = f"{origin}: evaluators.{spec.name}"
+        records = split_records(spec, where)
+        self.items: dict[Split, list[tuple[str, str]]] = {}
+        for s in SPLITS:
+            path = spec.data if s == "search" or spec.heldout_data is None else spec.heldout_data
+            rows = []
+            for i, r in enumerate(records[s]):
+                label = str(field_of(r, spec.label_field, path, i))
+                try:
+                    prompt = spec.template.format(**r)
+                except KeyError as exc:
+                    raise EvaluatorError(f"{where}.template: item {i} of {path} has no field "
+                                         f"{exc.args[0]!r}") from None
+                rows.append((prompt, label))
+            self.items[s] = rows
+        self.labels = list(spec.labels) if spec.labels else sorted(
+            {lab for s in SPLITS for _, lab in self.items[s]})
+        for s in SPLITS:
+            for i, (_, lab) in enumerate(self.items[s]):
+                if lab not in self.labels:
+                    raise EvaluatorError(f"{where}.labels: item {i} ({s} split) has label "
+                                         f"{lab!r}, not one of {self.labels}")
+        self._pairs: dict[Split, list[tuple[list[int], list[int]]]] | None = None
+
+    def metrics(self) -> list[str]:
+        return ["accuracy", "p_label"]
+
+    def _tokenised(self, tokenizer: Any) -> dict[Split, list[tuple[list[int], list[int]]]]:
+        if self._pairs is None:
+            labels = [tokenizer(self.spec.label_prefix + lab, add_special_tokens=False)
+                      ["input_ids"] for lab in self.labels]
+            self._pairs = {}
+            for s in SPLITS:
+                pairs = []
+                for prompt, _ in self.items[s]:
+                    ctx = tokenizer(prompt)["input_ids"]
+                    if not ctx:
+                        raise EvaluatorError(f"evaluators.{self.name}: an empty prompt")
+                    pairs.extend((ctx, lab) for lab in labels)
+                self._pairs[s] = pairs
+        return self._pairs
+
+    def evaluate(self, model: Any, tokenizer: Any, split: Split) -> Evaluation:
+        pairs = self._tokenised(tokenizer)[split]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        sums, _ = continuation_logprobs(model, pairs, self.spec.batch_size, pad)
+        ll = np.asarray(sums).reshape(len(self.items[split]), len(self.labels))
+        gold = np.array([self.labels.index(lab) for _, lab in self.items[split]])
+        correct = (ll.argmax(axis=1) == gold).astype(np.float32)
+        z = np.exp(ll - ll.max(axis=1, keepdims=True))
+        p = (z[np.arange(len(gold)), gold] / z.sum(axis=1)).astype(np.float32)
+        return Evaluation({"accuracy": float(correct.mean()), "p_label": float(p.mean())},
+                          {"accuracy": correct, "p_label": p})
