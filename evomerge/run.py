@@ -27,8 +27,8 @@ from evomerge.archive import Objective, ParetoArchive
 from evomerge.atomic import write_bytes_atomic, write_text_atomic
 from evomerge.search.protocol import Candidate, Controller, Result
 from evomerge.search_config import ConfigError, SearchConfig, load_config
-
-_GENOME_INLINE_MAX = 256  # longer genomes are logged as a digest (the checkpoint holds bests)
+from evomerge.tasks.base import ControllerSetup, Task, build_task, task_objectives
+from evomerge.workers.base import Executor, Job, Outcome
 
 
 class RunError(ValueError):
@@ -73,38 +73,10 @@ def genome_digest(genome: np.ndarray) -> str:
 
 
 # --- building the pieces from the config ---------------------------------------------------
-@dataclass
-class Task:
-    evaluator: Any
-    initial: list[np.ndarray]
-    objectives: list[tuple[str, str]]
-    reference_point: dict[str, float]
-
-    def archive(self) -> ParetoArchive:
-        return ParetoArchive([Objective(n, d) for n, d in self.objectives], self.reference_point)
-
-
-def build_task(cfg: SearchConfig) -> Task:
-    from evomerge.evaluate import digits
-
-    ev = digits.DigitsEvaluator(scores=cfg.task.scores)
-    rng = np.random.default_rng(cfg.seed)
-    if cfg.task.init == "pretrained":
-        initial = [digits.train_expert(ev.data, range(0, 5), cfg.seed * 2 + 1,
-                                       cfg.task.expert_steps, cfg.task.expert_lr),
-                   digits.train_expert(ev.data, range(5, 10), cfg.seed * 2 + 2,
-                                       cfg.task.expert_steps, cfg.task.expert_lr)]
-    else:
-        n = cfg.task.init_members or (
-            cfg.controller.archive_size if cfg.controller.kind == "m2n2" else 1)
-        initial = [digits.init_params(rng, cfg.task.init_sigma) for _ in range(n)]
-    objectives, reference = build_task_objectives(cfg)
-    return Task(ev, initial, objectives, reference)
-
-
-def build_controller(cfg: SearchConfig, task: Task) -> Controller:
+def build_controller(cfg: SearchConfig, objectives: list[tuple[str, str]],
+                     setup: ControllerSetup) -> Controller:
     c = cfg.controller
-    x0 = np.asarray(task.initial[0], dtype=np.float64)
+    x0 = np.asarray(setup.x0, dtype=np.float64)
     if c.kind == "m2n2":
         from evomerge.search.m2n2 import M2N2, M2N2Settings
 
@@ -112,22 +84,25 @@ def build_controller(cfg: SearchConfig, task: Task) -> Controller:
                                 mutation_sigma=c.mutation_sigma, attraction=c.attraction,
                                 split_point=c.split_point, crossover=c.crossover,
                                 sample_reward=c.sample_reward)
-        return M2N2(task.initial, settings, seed=cfg.seed)
+        return M2N2(setup.initial, settings, individuals=setup.individuals, seed=cfg.seed)
     if c.kind == "cmaes":
         from evomerge.search.cmaes import CMAES, CMAESSettings
 
         settings = CMAESSettings(sigma0=c.sigma0 or 1 / 6, popsize=c.popsize,
                                  separable=c.separable, restarts=c.restarts,
                                  step_size=c.step_size)
-        return CMAES(x0, None, None, cfg.budget, settings, seed=cfg.seed)
+        return CMAES(x0, setup.lower, setup.upper, cfg.budget, settings, seed=cfg.seed)
     if c.kind == "random":
         from evomerge.search.random_search import RandomSearch
 
-        return RandomSearch(x0, None, None, sigma=c.sigma, seed=cfg.seed)
+        return RandomSearch(x0, setup.lower, setup.upper, sigma=c.sigma, seed=cfg.seed)
     from evomerge.search.optuna_search import OptunaSearch
 
-    lo, hi = x0 - 3 * c.sigma, x0 + 3 * c.sigma
-    return OptunaSearch(lo, hi, task.objectives, c.sampler, cfg.seed, x0)
+    if setup.lower is not None and setup.upper is not None:
+        lo, hi = setup.lower, setup.upper
+    else:
+        lo, hi = x0 - 3 * c.sigma, x0 + 3 * c.sigma
+    return OptunaSearch(lo, hi, objectives, c.sampler, cfg.seed, x0)
 
 
 # --- the run -------------------------------------------------------------------------------
@@ -149,9 +124,10 @@ class RunState:
 class SearchRun:
     """One run directory: create it, resume it, run it to its budget."""
 
-    def __init__(self, run_dir: Path, cfg: SearchConfig):
+    def __init__(self, run_dir: Path, cfg: SearchConfig, task: Task | None = None):
         self.dir = Path(run_dir)
         self.cfg = cfg
+        self.task = task
         self.trials_path = self.dir / "trials.jsonl"
         self.ckpt_path = self.dir / "checkpoint.pkl"
 
@@ -168,9 +144,12 @@ class SearchRun:
                     f"{run_dir}: holds a run of a different config; use `evomerge resume "
                     f"{run_dir}` or another --run-dir")
             return cls.open(run_dir, budget=cfg.budget)
+        # Build (and so validate) the task before anything is written: a bad source, file or
+        # objective fails here, naming the config file and field, and leaves no run directory.
+        task = build_task(cfg, str(config_path))
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
-        return cls(run_dir, cfg)
+        return cls(run_dir, cfg, task)
 
     @classmethod
     def open(cls, run_dir: str | Path, budget: int | None = None) -> SearchRun:
@@ -225,10 +204,13 @@ class SearchRun:
         write_bytes_atomic(self.ckpt_path, blob)
 
     # --- the loop ----------------------------------------------------------------------
-    def run(self, stop_after: int | None = None, progress: bool = False) -> RunState:
+    def run(self, stop_after: int | None = None, progress: bool = False,
+            executor: Executor | None = None) -> RunState:
         """Run to the budget (or `stop_after` more trials); returns the final state."""
-        task = build_task(self.cfg)
-        controller = build_controller(self.cfg, task)
+        task = self.task or build_task(self.cfg, str(self.dir / "config.yaml"))
+        self.task = task
+        setup = task.controller_setup(self.cfg.controller.kind, self.cfg.controller.archive_size)
+        controller = build_controller(self.cfg, task.objectives, setup)
         state = RunState()
         ckpt = self._load_checkpoint()
         if ckpt is not None:
@@ -239,91 +221,164 @@ class SearchRun:
         logged = self._read_log()
         replay = {line["id"]: line for line in logged[state.trials:]}
         archive = task.archive()
+        cache: dict[str, dict[str, Any]] = {}
+        for line in logged:
+            if line["status"] == "ok" and "cache_key" in line:
+                cache.setdefault(line["cache_key"], line)
         for line in logged[: state.trials]:
             if line["status"] == "ok":
                 archive.add(line["trial"], line["objectives"])
         primary, direction = task.objectives[0]
         sign = 1.0 if direction == "maximize" else -1.0
         deadline = time.monotonic() + self.cfg.max_seconds if self.cfg.max_seconds else None
-        done_here = 0
-        with open(self.trials_path, "a", buffering=1) as log:
-            while state.trials < self.cfg.budget:
-                if stop_after is not None and done_here >= stop_after:
-                    break
-                if deadline is not None and time.monotonic() > deadline and not replay:
-                    break
-                t0 = time.perf_counter()
-                cands = controller.ask()
-                state.timing.controller += time.perf_counter() - t0
-                cands = cands[: self.cfg.budget - state.trials]
-                if replay and not any(c.id in replay for c in cands):
-                    raise RunError(
-                        f"{self.trials_path}: the controller no longer proposes the logged "
-                        f"trials (next logged id {min(replay)}, asked {[c.id for c in cands]}); "
-                        "the run cannot be continued exactly")
-                told = []
-                for cand in cands:
-                    line = replay.pop(cand.id, None)
-                    if line is not None:
-                        res = _result_from_line(line)
-                        if res.status == "ok":
-                            archive.add(state.trials, res.objectives)
-                    else:
-                        res = self._evaluate(task, cand, sign, primary, state, archive)
-                        t1 = time.perf_counter()
-                        log.write(json.dumps(_line(state.trials, cand, res)) + "\n")
-                        state.timing.logging += time.perf_counter() - t1
-                        done_here += 1
-                    if res.heldout is not None and (
-                            state.best is None
-                            or sign * res.objectives[primary]
-                            > sign * state.best["objectives"][primary]):
-                        state.best = {"trial": state.trials, "objectives": res.objectives,
-                                      "heldout": res.heldout}
-                        state.best_genome = cand.genome
-                    state.trials += 1
-                    told.append((cand, res))
-                t0 = time.perf_counter()
-                controller.tell(told)
-                state.timing.controller += time.perf_counter() - t0
-                if state.trials % self.cfg.checkpoint_every < len(told) or \
-                        state.trials >= self.cfg.budget:
-                    log.flush()
-                    os.fsync(log.fileno())
-                    self._checkpoint(controller, state)
-                if progress and state.trials % 1000 == 0:
-                    print(f"{state.trials}/{self.cfg.budget} best {state.best}", flush=True)
+        if executor is None and state.trials < self.cfg.budget:
+            from evomerge.workers.inline import InlineExecutor
+
+            executor = InlineExecutor(task)
+        loop = _Loop(self, task, executor, archive, cache, state, sign, primary)
+        try:
+            with open(self.trials_path, "a", buffering=1) as log:
+                loop.log = log
+                while state.trials < self.cfg.budget:
+                    if stop_after is not None and loop.done_here >= stop_after:
+                        break
+                    if deadline is not None and time.monotonic() > deadline and not replay:
+                        break
+                    t0 = time.perf_counter()
+                    cands = controller.ask()
+                    state.timing.controller += time.perf_counter() - t0
+                    cands = cands[: self.cfg.budget - state.trials]
+                    if replay and not any(c.id in replay for c in cands):
+                        raise RunError(
+                            f"{self.trials_path}: the controller no longer proposes the logged "
+                            f"trials (next logged id {min(replay)}, asked "
+                            f"{[c.id for c in cands]}); the run cannot be continued exactly")
+                    told = loop.generation(cands, replay)
+                    t0 = time.perf_counter()
+                    controller.tell(told)
+                    state.timing.controller += time.perf_counter() - t0
+                    if state.trials % self.cfg.checkpoint_every < len(told) or \
+                            state.trials >= self.cfg.budget:
+                        log.flush()
+                        os.fsync(log.fileno())
+                        self._checkpoint(controller, state)
+                    if progress and state.trials % 1000 == 0:
+                        print(f"{state.trials}/{self.cfg.budget} best {state.best}", flush=True)
+        finally:
+            if executor is not None:
+                executor.close()
         return state
 
-    def _evaluate(self, task: Task, cand: Candidate, sign: float, primary: str,
-                  state: RunState, archive: ParetoArchive) -> Result:
-        """Score on the search split; a candidate that enters the Pareto front is also scored
-        on the held-out split (the front is what the user takes home)."""
-        t0 = time.perf_counter()
-        try:
-            objectives, scores = task.evaluator.evaluate(cand.genome)
-            if scores is not None:
-                scores = as_logged(scores)
-            res = Result(cand.id, sign * objectives[primary], objectives, scores)
-        except Exception as exc:  # a failed candidate is logged, never fatal to the run
-            res = Result(cand.id, -np.inf, status="failed", error=f"{type(exc).__name__}: {exc}")
-        if res.status == "ok" and archive.add(state.trials, res.objectives):
-            res.heldout = task.evaluator.heldout(cand.genome)
-        res.seconds = time.perf_counter() - t0
-        state.timing.evaluation += res.seconds
+
+class _Loop:
+    """One generation at a time: replayed trials come from the log, repeated recipes from the
+    cache, the rest from the executor; each finished trial is logged as it arrives."""
+
+    def __init__(self, run: SearchRun, task: Task, executor: Executor | None,
+                 archive: ParetoArchive, cache: dict[str, dict[str, Any]], state: RunState,
+                 sign: float, primary: str):
+        self.run, self.task, self.executor = run, task, executor
+        self.archive, self.cache, self.state = archive, cache, state
+        self.sign, self.primary = sign, primary
+        self.done_here = 0
+        self.log: Any = None
+
+    def generation(self, cands: list[Candidate], replay: dict[int, dict[str, Any]]
+                   ) -> list[tuple[Candidate, Result]]:
+        told: dict[int, tuple[Candidate, Result]] = {}
+        jobs: list[Job] = []
+        fields: dict[int, dict[str, Any]] = {}
+        by_id = {c.id: c for c in cands}
+        for cand in cands:
+            line = replay.pop(cand.id, None)
+            if line is not None:
+                res = _result_from_line(line)
+                if res.status == "ok":
+                    self.archive.add(self.state.trials, res.objectives)
+                told[cand.id] = (cand, self._finish(cand, res, None))
+                continue
+            t0 = time.perf_counter()
+            try:
+                payload = self.task.decode(cand.genome)
+                key = self.task.cache_key(payload)
+                fields[cand.id] = {**self.task.log_fields(cand.genome, payload),
+                                   **({"cache_key": key} if key else {})}
+            except Exception as exc:  # a genome that does not decode is a failed trial
+                res = Result(cand.id, -np.inf, status="failed",
+                             error=f"{type(exc).__name__}: {exc}")
+                told[cand.id] = (cand, self._finish(cand, res, {}))
+                continue
+            self.state.timing.controller += time.perf_counter() - t0
+            hit = self.cache.get(key) if key else None
+            if hit is not None:  # the same recipe again: its result, at no cost
+                res = _result_from_line(hit)
+                res.candidate_id, res.seconds = cand.id, 0.0
+                self.archive.add(self.state.trials, res.objectives)
+                told[cand.id] = (cand, self._finish(cand, res, {**fields[cand.id],
+                                                                "cached": hit["trial"]}))
+                continue
+            jobs.append(Job(cand.id, payload))
+        if jobs:
+            assert self.executor is not None
+            payloads = {j.candidate_id: j.payload for j in jobs}
+            for job, out in self.executor.run(jobs):
+                cand = by_id[job.candidate_id]
+                res = self._result(cand, out)
+                self.state.timing.evaluation += out.seconds
+                line_fields = {**fields[cand.id], **out.extra}
+                if res.status == "ok" and self.archive.add(self.state.trials, res.objectives):
+                    # a front entrant is also scored on the held-out split: the front is what
+                    # the user takes home
+                    _, held = next(iter(self.executor.run(
+                        [Job(cand.id, payloads[cand.id], "heldout")])))
+                    self.state.timing.evaluation += held.seconds
+                    res.seconds += held.seconds
+                    if held.status == "ok":
+                        res.heldout = held.objectives
+                    else:
+                        line_fields["heldout_error"] = held.error
+                told[cand.id] = (cand, self._finish(cand, res, line_fields))
+                key = line_fields.get("cache_key")
+                if key and res.status == "ok":
+                    self.cache.setdefault(key, _line(self.state.trials - 1, cand, res,
+                                                     line_fields))
+        return [told[c.id] for c in cands if c.id in told]
+
+    def _result(self, cand: Candidate, out: Outcome) -> Result:
+        if out.status != "ok":
+            return Result(cand.id, -np.inf, status="failed", seconds=out.seconds,
+                          error=out.error)
+        scores = as_logged(out.scores) if out.scores is not None else None
+        return Result(cand.id, self.sign * out.objectives[self.primary], out.objectives,
+                      scores, seconds=out.seconds)
+
+    def _finish(self, cand: Candidate, res: Result, fields: dict[str, Any] | None) -> Result:
+        """Log a finished trial (fields None: replayed, already logged) and count it."""
+        state = self.state
+        if fields is not None:
+            t1 = time.perf_counter()
+            self.log.write(json.dumps(_line(state.trials, cand, res, fields)) + "\n")
+            state.timing.logging += time.perf_counter() - t1
+            self.done_here += 1
+        if res.heldout is not None and (
+                state.best is None
+                or self.sign * res.objectives[self.primary]
+                > self.sign * state.best["objectives"][self.primary]):
+            state.best = {"trial": state.trials, "objectives": res.objectives,
+                          "heldout": res.heldout}
+            state.best_genome = cand.genome
+        state.trials += 1
         return res
 
 
-def _line(trial: int, cand: Candidate, res: Result) -> dict[str, Any]:
+def _line(trial: int, cand: Candidate, res: Result, fields: dict[str, Any]
+          ) -> dict[str, Any]:
     line: dict[str, Any] = {"trial": trial, "id": cand.id, "status": res.status,
                             "fitness": res.fitness if np.isfinite(res.fitness) else None,
                             "objectives": res.objectives, "seconds": round(res.seconds, 6)}
     if res.scores is not None:
         line["scores"] = encode_scores(res.scores)
-    if cand.genome.size <= _GENOME_INLINE_MAX:
-        line["genome"] = [float(v) for v in cand.genome]
-    else:
-        line["genome_digest"] = genome_digest(cand.genome)
+    line.update(fields)
     if res.heldout is not None:
         line["heldout"] = res.heldout
     if res.error:
@@ -344,8 +399,8 @@ def report(run_dir: str | Path) -> dict[str, Any]:
     run = SearchRun.open(run_dir)
     lines = run._read_log()
     ckpt = run._load_checkpoint()
-    task_objectives = build_task_objectives(run.cfg)
-    archive = ParetoArchive([Objective(n, d) for n, d in task_objectives[0]], task_objectives[1])
+    objectives, reference = task_objectives(run.cfg)
+    archive = ParetoArchive([Objective(n, d) for n, d in objectives], reference)
     by_trial = {}
     for line in lines:
         if line["status"] == "ok":
@@ -362,6 +417,7 @@ def report(run_dir: str | Path) -> dict[str, Any]:
         "trials": len(lines),
         "budget": run.cfg.budget,
         "failed": sum(1 for x in lines if x["status"] != "ok"),
+        "cache_hits": sum(1 for x in lines if "cached" in x),
         "best": front[0] if front else None,
         "front": front,
         "hypervolume": {"reference_point": archive.reference_point,
@@ -370,13 +426,6 @@ def report(run_dir: str | Path) -> dict[str, Any]:
                     "controller_per_trial": timing.controller / n,
                     "logging_per_trial": timing.logging / n},
     }
-
-
-def build_task_objectives(cfg: SearchConfig) -> tuple[list[tuple[str, str]], dict[str, float]]:
-    """The task's objectives and reference point, without building its data or models."""
-    from evomerge.evaluate.digits import DigitsEvaluator
-
-    return list(DigitsEvaluator.objectives), {"accuracy": 0.0}
 
 
 __all__ = ["ConfigError", "RunError", "SearchRun", "report"]

@@ -9,19 +9,22 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from evomerge.recipe import RecipeError, _describe
+from evomerge.evaluate.specs import EvaluatorSpec
+from evomerge.recipe import METHODS, TENSOR_KINDS, RecipeError, _describe
 
 
 class ConfigError(ValueError):
     """A search config that cannot be used; the message names the file and field."""
 
 
-class TaskSpec(BaseModel):
+class DigitsTaskSpec(BaseModel):
+    """The M2N2 paper's digits task: flat MLP parameters as the genome."""
+
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["digits"] = "digits"
@@ -34,6 +37,111 @@ class TaskSpec(BaseModel):
     scores: Literal["correct", "p_correct"] = "correct"
     expert_steps: int = Field(10, ge=1)
     expert_lr: float = Field(3e-3, gt=0)
+
+
+class PSSpaceSpec(BaseModel):
+    """Parameter space (evomerge.space.parameter): merge parameters per source × tensor kind ×
+    layer group, every gene in [0, 1] scaled into its range."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["ps"]
+    method: Literal[METHODS] | None = None  # type: ignore[valid-type]
+    methods: list[Literal[METHODS]] | None = None  # type: ignore[valid-type]
+    groups: int = Field(1, ge=1)
+    kinds: list[Literal[(*TENSOR_KINDS, "default")]] = ["default"]  # type: ignore[valid-type]
+    ranges: dict[Literal["weight", "density", "gamma", "t", "lambda"],
+                 tuple[float, float]] = Field(default_factory=dict)
+    search_lambda: bool = False
+    seed: int = Field(0, ge=0, description="DARE's drop seed, the same for every candidate")
+
+    @model_validator(mode="after")
+    def _one_method(self) -> PSSpaceSpec:
+        if (self.method is None) == (self.methods is None):
+            raise ValueError("give exactly one of method or methods")
+        return self
+
+
+class SeedMixtureSpaceSpec(BaseModel):
+    """Seed mixtures (evomerge.space.mixture): per-layer-group coefficients over the sources,
+    M2N2's representation for merging pre-trained models."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["seed_mixture"]
+    groups: int = Field(1, ge=1)
+    coefficient_range: tuple[float, float] = (0.0, 1.0)
+
+
+class ObjectiveSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    evaluator: str | None = Field(None, description="default: the only evaluator")
+    metric: str = Field(min_length=1)
+    direction: Literal["maximize", "minimize"] = "maximize"
+    # the Pareto reference point's coordinate: a value worse than any candidate should score
+    reference: float | None = None
+
+
+class CandidateSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dtype: Literal["float32", "float16", "bfloat16"] | None = None  # default: the sources'
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
+    merge_threads: int = Field(2, ge=1)
+
+
+class MergeTaskSpec(BaseModel):
+    """Search merge recipes of real models (DESIGN §1): sources → space → live candidate →
+    evaluators → objectives."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["merge"]
+    base: str | None = None
+    sources: list[str] = Field(min_length=1)
+    space: Annotated[PSSpaceSpec | SeedMixtureSpaceSpec, Field(discriminator="kind")]
+    evaluators: list[EvaluatorSpec] = Field(min_length=1)
+    objectives: list[ObjectiveSpec] = Field(min_length=1)
+    # objectives whose per-sample scores M2N2 competes on (default: every maximised one
+    # that has them)
+    sample_scores: list[str] | None = None
+    candidate: CandidateSpec = Field(default_factory=CandidateSpec)
+    allow_pickle: bool = False
+    allow_download: bool = False
+
+    @model_validator(mode="after")
+    def _check_names(self) -> MergeTaskSpec:
+        names = [e.name for e in self.evaluators]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"evaluators: the name {dup[0]!r} is used twice")
+        onames = [o.name for o in self.objectives]
+        dup = sorted({n for n in onames if onames.count(n) > 1})
+        if dup:
+            raise ValueError(f"objectives: the name {dup[0]!r} is used twice")
+        for i, o in enumerate(self.objectives):
+            if o.evaluator is None:
+                if len(names) > 1:
+                    raise ValueError(f"objectives[{i}].evaluator: required with several "
+                                     f"evaluators ({names})")
+                o.evaluator = names[0]
+            elif o.evaluator not in names:
+                raise ValueError(f"objectives[{i}].evaluator: {o.evaluator!r} is not one of "
+                                 f"the evaluators {names}")
+            if o.reference is None and o.direction == "minimize":
+                raise ValueError(f"objectives[{i}].reference: required for a minimised "
+                                 "objective (a value worse than any candidate's)")
+        for i, n in enumerate(self.sample_scores or []):
+            if n not in onames:
+                raise ValueError(f"sample_scores[{i}]: {n!r} is not an objective")
+        if self.space.kind == "seed_mixture" and len(self.sources) < 2:
+            raise ValueError("sources: a seed mixture needs at least two seed models")
+        return self
+
+
+TaskSpec = DigitsTaskSpec  # the digits-era name
 
 
 class ControllerSpec(BaseModel):
@@ -68,8 +176,16 @@ class SearchConfig(BaseModel):
     budget: int = Field(ge=1, description="evaluations")
     max_seconds: float | None = Field(None, gt=0)
     checkpoint_every: int = Field(500, ge=1)
-    task: TaskSpec = Field(default_factory=TaskSpec)
+    task: Annotated[DigitsTaskSpec | MergeTaskSpec, Field(discriminator="kind")] = Field(
+        default_factory=DigitsTaskSpec)
     controller: ControllerSpec
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_kind_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("task"), dict):
+            data = {**data, "task": {"kind": "digits", **data["task"]}}
+        return data
 
     def digest(self, ignore_budget: bool = True) -> str:
         """What must not change across a resume (budget and time limit may grow)."""
@@ -95,9 +211,41 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Se
         raise ConfigError(f"{path}: expected a mapping at the top level")
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
-        return SearchConfig.model_validate(data)
+        cfg = SearchConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{path}: {_describe(exc)}") from None
+    if isinstance(cfg.task, MergeTaskSpec):
+        _resolve_paths(cfg.task, path.parent)
+    return cfg
+
+
+def _resolve_paths(task: MergeTaskSpec, config_dir: Path) -> None:
+    """Local paths become absolute (the current directory first, then the config's folder),
+    so the config frozen into a run directory means the same files from anywhere. Anything
+    that exists in neither place (a hub repo id, an lm-eval task name) is left as written."""
+
+    def fix(ref: str | None) -> str | None:
+        if ref is None:
+            return None
+        p = Path(ref).expanduser()
+        for cand in (p, config_dir / p):
+            if cand.exists():
+                return str(cand.resolve())
+        return ref
+
+    task.base = fix(task.base)
+    task.sources = [fix(s) or s for s in task.sources]
+    for ev in task.evaluators:
+        for key in ("data", "heldout_data"):
+            if hasattr(ev, key):
+                setattr(ev, key, fix(getattr(ev, key)))
+        for key in ("include_path", "python_path"):
+            if hasattr(ev, key):
+                setattr(ev, key, [fix(p) or p for p in getattr(ev, key)])
+        for key in ("tasks", "heldout_tasks"):
+            if getattr(ev, key, None):
+                setattr(ev, key, [fix(t) if t.endswith((".yaml", ".yml")) else t
+                                  for t in getattr(ev, key)])
 
 
 __all__ = ["ConfigError", "RecipeError", "SearchConfig", "load_config"]

@@ -1,0 +1,233 @@
+"""The merge task: genomes → recipes over real source models → one live model per worker →
+evaluators → named objectives and per-sample scores.
+
+Everything that can be wrong with a config (a missing source, sources that do not fit
+together, a missing evaluator file, an objective nobody produces) is found here, when the
+task is built, before the first evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from evomerge.evaluate.base import Evaluator, EvaluatorError, build_evaluator
+from evomerge.merge.streaming import MergeError, MergeOptions, check_compatible, open_models
+from evomerge.recipe import Recipe
+from evomerge.search_config import ConfigError
+from evomerge.tasks.base import ControllerSetup, Task, TaskWorker, task_objectives
+
+
+class MergeWorker(TaskWorker):
+    """Resident sources + one live model + the evaluators, built once."""
+
+    def __init__(self, spec: Any, evaluators: dict[str, Evaluator], needs_scores: bool):
+        from evomerge.merge.inplace import CandidateBuilder
+
+        c = spec.candidate
+        self.spec = spec
+        self.builder = CandidateBuilder(spec.base, spec.sources, dtype=c.dtype, device=c.device,
+                                        workers=c.merge_threads, allow_pickle=spec.allow_pickle,
+                                        allow_download=spec.allow_download)
+        self.tokenizer = self.builder.tokenizer()
+        self.evaluators = evaluators
+        self.needs_scores = needs_scores
+        self.sample_scores = spec.sample_scores
+
+    def evaluate(self, payload: Recipe, split: str):
+        t0 = time.perf_counter()
+        model = self.builder.build(payload)
+        t1 = time.perf_counter()
+        outs = {name: ev.evaluate(model, self.tokenizer, split)
+                for name, ev in self.evaluators.items()}
+        t2 = time.perf_counter()
+        objectives: dict[str, float] = {}
+        for o in self.spec.objectives:
+            value = outs[o.evaluator].metrics.get(o.metric)
+            if value is None:
+                raise EvaluatorError(f"objective {o.name}: evaluator {o.evaluator} returned no "
+                                     f"metric {o.metric!r} (it returned "
+                                     f"{sorted(outs[o.evaluator].metrics)})")
+            if not math.isfinite(value):
+                raise EvaluatorError(f"objective {o.name}: {o.metric} is {value}")
+            objectives[o.name] = float(value)
+        scores = self._scores(outs) if split == "search" else None
+        if split == "search" and self.needs_scores and scores is None:
+            raise EvaluatorError("M2N2 needs per-sample scores, and no objective in "
+                                 "task.sample_scores has them")
+        extra = {"build_seconds": round(t1 - t0, 6), "eval_seconds": round(t2 - t1, 6)}
+        return objectives, scores, extra
+
+    def _scores(self, outs: dict[str, Any]) -> np.ndarray | None:
+        names = self.sample_scores or [o.name for o in self.spec.objectives
+                                       if o.direction == "maximize"]
+        parts = []
+        for o in self.spec.objectives:
+            if o.name not in names:
+                continue
+            s = outs[o.evaluator].samples.get(o.metric)
+            if s is None:
+                if self.sample_scores:
+                    raise EvaluatorError(f"sample_scores: objective {o.name} ({o.metric}) has "
+                                         "no per-sample scores")
+                continue
+            parts.append(np.asarray(s, dtype=np.float32))
+        return np.concatenate(parts) if parts else None
+
+    def close(self) -> None:
+        self.builder.close()
+
+
+class MergeTask(Task):
+    def __init__(self, cfg: Any, origin: str = "<config>", prepare: bool = True):
+        self.cfg = cfg
+        self.spec = spec = cfg.task
+        self.origin = origin
+        self.objectives, self.reference_point = task_objectives(cfg)
+        self.space = self._space()
+        self.evaluators: dict[str, Evaluator] = {}
+        self._worker: MergeWorker | None = None
+        if prepare:
+            self._check_sources()
+            for i, ev_spec in enumerate(spec.evaluators):
+                try:
+                    self.evaluators[ev_spec.name] = build_evaluator(ev_spec, origin)
+                except EvaluatorError as exc:
+                    raise ConfigError(str(exc)) from None
+                except Exception as exc:
+                    raise ConfigError(f"{origin}: task.evaluators[{i}] ({ev_spec.name}): "
+                                      f"{type(exc).__name__}: {exc}") from None
+            for i, o in enumerate(spec.objectives):
+                known = self.evaluators[o.evaluator].metrics()
+                if o.metric not in known:
+                    raise ConfigError(f"{origin}: task.objectives[{i}].metric: evaluator "
+                                      f"{o.evaluator!r} produces no {o.metric!r} (it produces "
+                                      f"{known})")
+
+    # --- building --------------------------------------------------------------------------
+    def _space(self) -> Any:
+        s, t = self.spec.space, self.spec
+        dtype = t.candidate.dtype
+        try:
+            if s.kind == "seed_mixture":
+                from evomerge.space.mixture import SeedMixtureSpace
+
+                return SeedMixtureSpace(t.sources, s.groups, s.coefficient_range, dtype)
+            from evomerge.space.parameter import ParameterSpace
+
+            return ParameterSpace(t.sources, base=t.base, method=s.method, methods=s.methods,
+                                  groups=s.groups, kinds=s.kinds, ranges=dict(s.ranges),
+                                  search_lambda=s.search_lambda, dtype=dtype, seed=s.seed)
+        except ValueError as exc:
+            raise ConfigError(f"{self.origin}: task.space: {exc}") from None
+
+    def _check_sources(self) -> None:
+        """Open every source's headers: they exist, share an architecture, tensor names and
+        shapes, and a tokenizer."""
+        t = self.spec
+        probe = {"method": "linear", "sources": [{"model": s} for s in t.sources]}
+        if t.base:
+            probe["base"] = t.base
+        try:
+            recipe = Recipe.from_dict(probe, self.origin)
+            base, sources = open_models(recipe, MergeOptions(allow_pickle=t.allow_pickle,
+                                                             allow_download=t.allow_download))
+        except MergeError as exc:
+            raise ConfigError(f"{self.origin}: task.sources: {exc}") from None
+        models = ([base] if base else []) + sources
+        try:
+            check_compatible(models)
+            _check_tokenizers(models, self.origin)
+        except MergeError as exc:
+            raise ConfigError(f"{self.origin}: task.sources: {exc}") from None
+        finally:
+            for m in models:
+                m.close()
+
+    def controller_setup(self, controller_kind: str, archive_size: int) -> ControllerSetup:
+        sp = self.space
+        x0 = sp.initial()
+        if controller_kind != "m2n2":
+            return ControllerSetup(x0, sp.lower, sp.upper, [x0])
+        if self.spec.space.kind == "seed_mixture":
+            from evomerge.search.m2n2 import SeedMixtures
+
+            return ControllerSetup(x0, sp.lower, sp.upper, sp.seeds(),
+                                   SeedMixtures(self.gram()))
+        # M2N2 over PS genomes: the centre plus random points of the box fill the archive
+        rng = np.random.default_rng(self.cfg.seed)
+        initial = [x0] + [rng.uniform(sp.lower, sp.upper) for _ in range(archive_size - 1)]
+        return ControllerSetup(x0, sp.lower, sp.upper, initial)
+
+    def gram(self) -> np.ndarray:
+        """Per-layer-group Gram matrices of the seeds (float64), for M2N2's SLERP of seed
+        mixtures: one pass over the weights, once per run."""
+        from evomerge.models.architecture import count_layers, tensor_site
+
+        t = self.spec
+        recipe = Recipe.from_dict({"method": "linear",
+                                   "sources": [{"model": s} for s in t.sources]})
+        _, models = open_models(recipe, MergeOptions(allow_pickle=t.allow_pickle,
+                                                     allow_download=t.allow_download))
+        g_count = self.spec.space.groups
+        k = len(models)
+        gram = np.zeros((g_count, k, k))
+        try:
+            ref = models[0]
+            layers = count_layers(list(ref.entries), ref.config)
+            for name, entry in ref.entries.items():
+                if not entry.dtype.is_floating_point:
+                    continue
+                site = tensor_site(name, layers)
+                g = min(g_count - 1, int(site.group_position * g_count))
+                flat = np.stack([m.read(name).double().reshape(-1).numpy() for m in models])
+                gram[g] += flat @ flat.T
+        finally:
+            for m in models:
+                m.close()
+        return gram
+
+    # --- per candidate ---------------------------------------------------------------------
+    def decode(self, genome: np.ndarray) -> Recipe:
+        return self.space.decode(genome)
+
+    def cache_key(self, payload: Recipe) -> str:
+        return payload.digest()
+
+    def log_fields(self, genome: np.ndarray, payload: Any) -> dict[str, Any]:
+        fields: dict[str, Any] = {"genome": [float(v) for v in genome]}
+        if isinstance(payload, Recipe):
+            fields["recipe_digest"] = payload.digest()
+        return fields
+
+    def worker(self) -> TaskWorker:
+        if self._worker is None:
+            try:
+                self._worker = MergeWorker(self.spec, self.evaluators,
+                                           self.cfg.controller.kind == "m2n2")
+            except MergeError as exc:
+                raise ConfigError(f"{self.origin}: task: {exc}") from None
+        return self._worker
+
+
+def _check_tokenizers(models: list[Any], origin: str) -> None:
+    """Sources must share a vocabulary: a merged embedding row means one token for all."""
+    from transformers import AutoTokenizer
+
+    vocabs = []
+    for m in models:
+        try:
+            tok = AutoTokenizer.from_pretrained(m.path)
+        except Exception as exc:
+            raise MergeError(f"{m.path}: no usable tokenizer ({type(exc).__name__}: {exc})"
+                             ) from None
+        vocabs.append((m.path, tok.get_vocab()))
+    ref_path, ref = vocabs[0]
+    for path, vocab in vocabs[1:]:
+        if vocab != ref:
+            diff = sorted(set(vocab.items()) ^ set(ref.items()))[:1]
+            raise MergeError(f"{path}: tokenizer differs from {ref_path}'s (e.g. token "
+                             f"{diff[0][0]!r}); sources must share a vocabulary")

@@ -1,0 +1,59 @@
+"""The Executor seam: jobs in (a decoded candidate and the split to score), outcomes out, in
+whatever order they finish. A failing evaluation is an outcome, never an exception: the
+search logs it as a failed trial and goes on."""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from evomerge.tasks.base import TaskWorker
+
+
+@dataclass
+class Job:
+    candidate_id: int
+    payload: Any
+    split: str = "search"
+
+
+@dataclass
+class Outcome:
+    objectives: dict[str, float] = field(default_factory=dict)
+    scores: np.ndarray | None = None
+    status: str = "ok"  # "ok" or "failed"
+    error: str | None = None
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def evaluate_job(worker: TaskWorker, job: Job) -> Outcome:
+    """Run one job on a worker: exceptions and NaN/inf objectives become failed outcomes."""
+    t0 = time.perf_counter()
+    try:
+        objectives, scores, extra = worker.evaluate(job.payload, job.split)
+        bad = [k for k, v in objectives.items() if not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"objective {bad[0]} is {objectives[bad[0]]}")
+        if scores is not None and not np.all(np.isfinite(scores)):
+            raise ValueError("per-sample scores contain NaN or inf")
+        return Outcome(objectives, scores, seconds=time.perf_counter() - t0, extra=extra)
+    except Exception as exc:  # a failed candidate is logged, never fatal to the run
+        return Outcome(status="failed", error=f"{type(exc).__name__}: {exc}",
+                       seconds=time.perf_counter() - t0)
+
+
+class Executor(ABC):
+    @abstractmethod
+    def run(self, jobs: list[Job]) -> Iterator[tuple[Job, Outcome]]:
+        """Evaluate the jobs; yield each with its outcome as it finishes."""
+
+    def close(self) -> None:
+        """Stop workers and free what they hold."""
+        return None
