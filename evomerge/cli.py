@@ -164,10 +164,44 @@ def report_cmd(
         typer.echo(json.dumps(data, indent=2))
         return
     typer.echo(f"{data['name']} ({data['controller']}): {data['trials']}/{data['budget']} "
-               f"trials, {data['failed']} failed")
+               f"trials, {data['failed']} failed, {data['cache_hits']} repeated recipes "
+               "answered from the cache")
+    for entry in data["front"]:
+        typer.echo(f"front: trial {entry['trial']} search {entry['objectives']} "
+                   f"held-out {entry['heldout']}")
     if data["best"]:
         b = data["best"]
         typer.echo(f"best: trial {b['trial']} search {b['objectives']} held-out {b['heldout']}")
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory of a merge search.")],
+    to: Annotated[Path, typer.Option("--to", help="Model directory to write (with --front: "
+                                                  "a folder of trial-NNNNN directories).")],
+    trial: Annotated[int | None, typer.Option(help="Export this trial.")] = None,
+    best: Annotated[bool, typer.Option("--best", help="Export the trial with the best first "
+                                                      "objective (search split).")] = False,
+    front: Annotated[bool, typer.Option("--front", help="Export every Pareto-front "
+                                                        "trial.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing output.")] = False,
+    shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 500MB, 2GB.")]
+    = "2GB",
+) -> None:
+    """Write searched trials as merged model directories (safetensors, evomerge recipe and,
+    where expressible, mergekit_config.yml)."""
+    from evomerge.export import export as export_trials
+    from evomerge.merge.streaming import MergeError, parse_size
+    from evomerge.recipe import RecipeError
+    from evomerge.run import ConfigError, RunError
+
+    try:
+        outs = export_trials(run_dir, to, trial=trial, best=best, front=front,
+                             overwrite=overwrite, shard_size=parse_size(shard_size))
+    except (ConfigError, RunError, MergeError, RecipeError) as exc:
+        _fail(str(exc))
+    for out in outs:
+        typer.echo(f"exported {out}")
 
 
 @app.command("build-zoo")
@@ -176,7 +210,8 @@ def build_zoo(
     size: Annotated[str, typer.Option(help="tiny (~0.2M parameters) or small (~6.6M).")]
     = "tiny",
 ) -> None:
-    """Build small example Llama sources offline (a base and three fine-tune-like variants)."""
+    """Build small example Llama sources offline (a base and three fine-tune-like variants)
+    and lm-eval task files for them (tasks/)."""
     from evomerge.models.tiny import build_example_zoo
 
     try:

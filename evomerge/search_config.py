@@ -104,8 +104,9 @@ class MergeTaskSpec(BaseModel):
     space: Annotated[PSSpaceSpec | SeedMixtureSpaceSpec, Field(discriminator="kind")]
     evaluators: list[EvaluatorSpec] = Field(min_length=1)
     objectives: list[ObjectiveSpec] = Field(min_length=1)
-    # objectives whose per-sample scores M2N2 competes on (default: every maximised one
-    # that has them)
+    # what M2N2's members compete on: per-sample scores of these objectives or metrics
+    # (`metric` of the only evaluator, or `evaluator:metric`); default: every maximised
+    # objective that has per-sample scores
     sample_scores: list[str] | None = None
     candidate: CandidateSpec = Field(default_factory=CandidateSpec)
     allow_pickle: bool = False
@@ -134,11 +135,24 @@ class MergeTaskSpec(BaseModel):
                 raise ValueError(f"objectives[{i}].reference: required for a minimised "
                                  "objective (a value worse than any candidate's)")
         for i, n in enumerate(self.sample_scores or []):
-            if n not in onames:
-                raise ValueError(f"sample_scores[{i}]: {n!r} is not an objective")
+            ev = self.score_source(n)[0]
+            if ev not in names:
+                raise ValueError(f"sample_scores[{i}]: {n!r} names no objective, and "
+                                 f"{ev!r} is not an evaluator")
         if self.space.kind == "seed_mixture" and len(self.sources) < 2:
             raise ValueError("sources: a seed mixture needs at least two seed models")
         return self
+
+
+    def score_source(self, entry: str) -> tuple[str, str]:
+        """(evaluator, metric) of a `sample_scores` entry."""
+        for o in self.objectives:
+            if o.name == entry:
+                return str(o.evaluator), o.metric
+        if ":" in entry:
+            ev, _, metric = entry.partition(":")
+            return ev, metric
+        return (self.evaluators[0].name if len(self.evaluators) == 1 else ""), entry
 
 
 TaskSpec = DigitsTaskSpec  # the digits-era name

@@ -44,23 +44,43 @@ def _quiet_lm_eval() -> None:
 
 
 @contextlib.contextmanager
-def _no_provenance():
-    """simple_evaluate records the git hash and torch's environment report in every result;
-    that spawns processes per candidate (and prints git's complaints outside a repository).
-    A search does not need it per candidate, so both are skipped for the call."""
-    import lm_eval.evaluator as ev
+def _per_candidate_call():
+    """What a search does not need thousands of times, skipped for one simple_evaluate call:
+    the git hash and torch's environment report it records in every result (processes spawned
+    per candidate, and git's complaints outside a repository), and its progress bars (one set
+    per candidate would bury the search's own progress)."""
+    import importlib
 
-    saved = {k: getattr(ev, k) for k in ("get_git_commit_hash", "add_env_info")
-             if hasattr(ev, k)}
-    if "get_git_commit_hash" in saved:
-        ev.get_git_commit_hash = lambda: None
-    if "add_env_info" in saved:
-        ev.add_env_info = lambda storage: None
+    patched: list[tuple[Any, str, Any]] = []
+
+    def patch(mod: Any, attr: str, value: Any) -> None:
+        if hasattr(mod, attr):
+            patched.append((mod, attr, getattr(mod, attr)))
+            setattr(mod, attr, value)
+
+    ev = importlib.import_module("lm_eval.evaluator")
+    patch(ev, "get_git_commit_hash", lambda: None)
+    patch(ev, "add_env_info", lambda storage: None)
+    for name in ("lm_eval.models.huggingface", "lm_eval.api.task", "lm_eval.api.model"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:  # pragma: no cover - moved in a later lm-eval
+            continue
+        if hasattr(mod, "tqdm"):
+            patch(mod, "tqdm", _silent(mod.tqdm))
     try:
         yield
     finally:
-        for k, v in saved.items():
-            setattr(ev, k, v)
+        for mod, attr, value in reversed(patched):
+            setattr(mod, attr, value)
+
+
+def _silent(bar: Any) -> Any:
+    def make(*args: Any, **kwargs: Any) -> Any:
+        kwargs["disable"] = True
+        return bar(*args, **kwargs)
+
+    return make
 
 
 class _Side:
@@ -180,7 +200,7 @@ class LMEvalEvaluator(Evaluator):
         options = {"bootstrap_iters": 0, "verbosity": "ERROR", **self.spec.options}
         if side.samples is not None:
             options.pop("limit", None)  # already applied to the split's document ids
-        with _no_provenance():
+        with _per_candidate_call():
             out = lm_eval.simple_evaluate(
                 model=self._hflm(model, tokenizer), tasks=side.objs, task_manager=self.tm,
                 log_samples=True, samples=side.samples, **options)

@@ -56,6 +56,9 @@ class MergeOptions:
     workers: int = 2
     max_inflight_elements: int = 64 * 1024 * 1024
     progress: bool = False
+    # more files for the output directory (name → text), written before it is renamed into
+    # place, so they appear together with the weights or not at all
+    extra_files: dict[str, str] | None = None
 
 
 @dataclass
@@ -308,6 +311,8 @@ def _write_metadata(recipe: Recipe, ref: SourceModel, shards, tmp: Path,
             shutil.copyfile(src, tmp / fname)
     (tmp / "evomerge_recipe.yaml").write_text(recipe.to_yaml())
     (tmp / "README.md").write_text(model_card(recipe))
+    for name, text in (options.extra_files or {}).items():
+        (tmp / name).write_text(text)
 
 
 def _tokenizer_dir(recipe: Recipe, ref: SourceModel, options: MergeOptions) -> Path:

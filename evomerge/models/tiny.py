@@ -128,7 +128,8 @@ def _write_tokenizer(d: Path, vocab_size: int) -> None:
 
 
 def build_example_zoo(out: str | Path, size: str = "tiny") -> dict[str, Path]:
-    """The README's example sources: a base and three variants ('math', 'code', 'chat')."""
+    """The README's example sources: a base and three variants ('math', 'code', 'chat'), and
+    lm-eval task files for them under `tasks/` (what the example merge searches score)."""
     if size == "tiny":
         cfg = llama_config()
     elif size == "small":  # ~6.6M parameters: big enough to see streaming at work
@@ -136,4 +137,8 @@ def build_example_zoo(out: str | Path, size: str = "tiny") -> dict[str, Path]:
                            intermediate_size=688, num_heads=8)
     else:
         raise ValueError(f"size: unknown zoo size {size!r} (tiny or small)")
-    return write_family(out, cfg, ["math", "code", "chat"])
+    from evomerge.models.tiny_tasks import write_example_tasks
+
+    dirs = write_family(out, cfg, ["math", "code", "chat"])
+    dirs["tasks"] = write_example_tasks(Path(out) / "tasks", cfg.vocab_size)
+    return dirs

@@ -65,14 +65,13 @@ class MergeWorker(TaskWorker):
         names = self.sample_scores or [o.name for o in self.spec.objectives
                                        if o.direction == "maximize"]
         parts = []
-        for o in self.spec.objectives:
-            if o.name not in names:
-                continue
-            s = outs[o.evaluator].samples.get(o.metric)
+        for entry in names:
+            ev, metric = self.spec.score_source(entry)
+            s = outs[ev].samples.get(metric)
             if s is None:
                 if self.sample_scores:
-                    raise EvaluatorError(f"sample_scores: objective {o.name} ({o.metric}) has "
-                                         "no per-sample scores")
+                    raise EvaluatorError(f"sample_scores: {entry} ({ev}: {metric}) has no "
+                                         "per-sample scores")
                 continue
             parts.append(np.asarray(s, dtype=np.float32))
         return np.concatenate(parts) if parts else None
@@ -106,6 +105,11 @@ class MergeTask(Task):
                     raise ConfigError(f"{origin}: task.objectives[{i}].metric: evaluator "
                                       f"{o.evaluator!r} produces no {o.metric!r} (it produces "
                                       f"{known})")
+            for i, entry in enumerate(spec.sample_scores or []):
+                ev, metric = spec.score_source(entry)
+                if metric not in self.evaluators[ev].metrics():
+                    raise ConfigError(f"{origin}: task.sample_scores[{i}]: evaluator {ev!r} "
+                                      f"produces no {metric!r}")
 
     # --- building --------------------------------------------------------------------------
     def _space(self) -> Any:
