@@ -1,0 +1,134 @@
+"""Benchmark: one search candidate built in place against the path a naive search takes.
+
+On the 3-source ~100M-parameter bf16 family of `bench_merge.py` (cached, shared with it):
+
+- in place: `CandidateBuilder.build(recipe)` — sources resident, the merged weights copied into
+  the one live transformers model (median of --repeats builds, after one warm-up);
+- naive, whole process: `evomerge merge RECIPE OUT` in a fresh process (what a search that
+  shells out per candidate pays: start-up, imports, merge, shards written) plus
+  `AutoModelForCausalLM.from_pretrained(OUT)` in this process;
+- naive, in process: `merge_to_directory` + `from_pretrained` (no start-up, still the disk);
+- the bandwidth floor: the bytes a candidate touches (sources read once + weights written
+  once) over a copy bandwidth measured in the same run.
+
+    python scripts/bench_candidate.py [--repeats 3] [--device cpu|cuda] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_merge as bm  # noqa: E402  (the shared zoo, recipes and machine facts)
+
+METHODS = ("linear", "ties", "dare_ties")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--quick", action="store_true", help="a tiny model, for a smoke run")
+    ap.add_argument("--zoo", type=Path,
+                    default=Path(tempfile.gettempdir()) / f"evomerge-bench-zoo-v{bm.ZOO_VERSION}")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="markdown report (default results/bench_candidate.md; none for --quick)")
+    args = ap.parse_args()
+    out_md = args.out or (None if args.quick else Path("results/bench_candidate.md"))
+    command = shlex.join(["python", "scripts/bench_candidate.py", *sys.argv[1:]])
+
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from evomerge.merge.inplace import CandidateBuilder
+    from evomerge.merge.streaming import MergeOptions, merge_to_directory
+    from evomerge.recipe import load_recipe
+
+    hf_logging.disable_progress_bar()
+    info = bm.machine_info()
+    for line in info:
+        print(line)
+    model = bm.QUICK if args.quick else bm.FULL
+    n_params = bm.count_params(model)
+    print(f"model: {n_params / 1e6:.1f}M parameters per model, bf16, base + 3 sources")
+    zoo = bm.build_zoo(args.zoo, model, "quick" if args.quick else "full")
+    bandwidth = bm.copy_bandwidth()
+    print(f"copy bandwidth: {bandwidth / 1e9:.1f} GB/s", flush=True)
+    evomerge = str(Path(sys.executable).parent / "evomerge")
+    work = Path(tempfile.mkdtemp(prefix="evomerge-bench-cand-"))
+    rows = []
+    try:
+        recipes = bm.write_recipes(zoo, work)
+        builder = CandidateBuilder(str(zoo["base"]), [str(zoo[v]) for v in bm.VARIANTS],
+                                   dtype="bfloat16", device=args.device)
+        for method in METHODS:
+            # the recipe as evomerge reads it (sources resolved the same way)
+            recipe = load_recipe(recipes[method])
+            if recipe.base is None:
+                recipe = recipe.model_copy(update={"base": None})
+            builder.build(recipe)  # warm-up
+            inplace = []
+            for _ in range(args.repeats):
+                t = time.perf_counter()
+                builder.build(recipe)
+                inplace.append(time.perf_counter() - t)
+            whole, inproc = [], []
+            for i in range(args.repeats + 1):
+                out = work / f"{method}-{i}"
+                t = time.perf_counter()
+                subprocess.run([evomerge, "merge", str(recipes[method]), str(out),
+                                "--no-progress"], check=True, capture_output=True)
+                AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16)
+                if i:
+                    whole.append(time.perf_counter() - t)
+                shutil.rmtree(out)
+                t = time.perf_counter()
+                merge_to_directory(recipe, out, MergeOptions(device=args.device))
+                AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16)
+                if i:
+                    inproc.append(time.perf_counter() - t)
+                shutil.rmtree(out)
+            inputs = list(bm.VARIANTS) + ([] if method == "linear" else ["base"])
+            touched = sum(bm.weight_bytes(zoo[k]) for k in inputs) + bm.weight_bytes(zoo["a"])
+            floor = touched / bandwidth
+            row = (method, statistics.median(inplace), statistics.median(whole),
+                   statistics.median(inproc), floor)
+            rows.append(row)
+            print(f"{method}: in place {row[1]:.3f} s, evomerge merge + load {row[2]:.3f} s "
+                  f"({row[2] / row[1]:.1f}x), in-process merge + load {row[3]:.3f} s "
+                  f"({row[3] / row[1]:.1f}x), floor {floor:.3f} s ({row[1] / floor:.1f}x)",
+                  flush=True)
+        builder.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if out_md:
+        lines = [
+            "# In-place candidates against disk + load", "",
+            f"Command: `{command}`", "",
+            *[f"- {x}" for x in info],
+            f"- model: {n_params / 1e6:.1f}M parameters per model, bf16, base + 3 sources; "
+            f"device {args.device}; copy bandwidth {bandwidth / 1e9:.1f} GB/s",
+            f"- medians of {args.repeats} runs each (one warm-up); sources in the page cache", "",
+            "| method | in place | `evomerge merge` process + `from_pretrained` | speed-up | "
+            "in-process merge to disk + `from_pretrained` | speed-up | bandwidth floor | "
+            "in place / floor |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for m, ip, wh, pr, fl in rows:
+            lines.append(f"| {m} | {ip:.3f} s | {wh:.3f} s | **{wh / ip:.1f}x** | {pr:.3f} s | "
+                         f"{pr / ip:.1f}x | {fl:.3f} s | {ip / fl:.1f}x |")
+        out_md.write_text("\n".join(lines) + "\n")
+        print(f"wrote {out_md}")
+
+
+if __name__ == "__main__":
+    main()
