@@ -51,3 +51,13 @@ def test_the_readme_config_example_is_a_valid_config(tmp_path):
     cfg = load_config(tmp_path / "cfg.yaml")
     assert cfg.controller.kind == "m2n2" and cfg.task.scores == "correct"
     assert cfg.task.init_members == 2
+
+
+def test_the_readme_merge_example_is_the_shipped_demo_config(tmp_path, monkeypatch):
+    text = (ROOT / "README.md").read_text().split("### Merge searches")[1]
+    block = text.split("```yaml")[1].split("```")[0]
+    (tmp_path / "readme.yaml").write_text(block)
+    monkeypatch.chdir(tmp_path)  # no zoo here: paths stay as written in both
+    readme = load_config(tmp_path / "readme.yaml")
+    shipped = load_config(ROOT / "configs" / "tiny_merge_ps.yaml")
+    assert readme.model_dump() == shipped.model_dump()
