@@ -422,10 +422,10 @@ class Recipe(BaseModel):
         return cls.from_dict(data, origin)
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, skip: frozenset[str] = frozenset()) -> str:
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = ".".join(str(p) for p in err["loc"] if p not in skip)
         msg = err["msg"].removeprefix("Value error, ")
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)

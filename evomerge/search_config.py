@@ -213,6 +213,12 @@ class SearchConfig(BaseModel):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+# pydantic puts the chosen member of a tagged union into error locations
+# (task.merge.space.ps.groups); users wrote task.space.groups
+_UNION_TAGS = frozenset({"digits", "merge", "ps", "seed_mixture", "lm_eval", "perplexity",
+                         "classification", "callable"})
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SearchConfig:
     path = Path(path)
     try:
@@ -227,7 +233,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Se
     try:
         cfg = SearchConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {_describe(exc)}") from None
+        raise ConfigError(f"{path}: {_describe(exc, skip=_UNION_TAGS)}") from None
     if isinstance(cfg.task, MergeTaskSpec):
         _resolve_paths(cfg.task, path.parent)
     return cfg
