@@ -295,7 +295,8 @@ class _Loop:
                 res = _result_from_line(line)
                 if res.status == "ok":
                     self.archive.add(self.state.trials, res.objectives)
-                told[cand.id] = (cand, self._finish(cand, res, None))
+                self._finish(cand, res, None)
+                told[cand.id] = (cand, res)
                 continue
             t0 = time.perf_counter()
             try:
@@ -306,7 +307,8 @@ class _Loop:
             except Exception as exc:  # a genome that does not decode is a failed trial
                 res = Result(cand.id, -np.inf, status="failed",
                              error=f"{type(exc).__name__}: {exc}")
-                told[cand.id] = (cand, self._finish(cand, res, {}))
+                self._finish(cand, res, {})
+                told[cand.id] = (cand, res)
                 continue
             self.state.timing.controller += time.perf_counter() - t0
             hit = self.cache.get(key) if key else None
@@ -314,8 +316,8 @@ class _Loop:
                 res = _result_from_line(hit)
                 res.candidate_id, res.seconds = cand.id, 0.0
                 self.archive.add(self.state.trials, res.objectives)
-                told[cand.id] = (cand, self._finish(cand, res, {**fields[cand.id],
-                                                                "cached": hit["trial"]}))
+                self._finish(cand, res, {**fields[cand.id], "cached": hit["trial"]})
+                told[cand.id] = (cand, res)
                 continue
             jobs.append(Job(cand.id, payload))
         if jobs:
@@ -337,11 +339,11 @@ class _Loop:
                         res.heldout = held.objectives
                     else:
                         line_fields["heldout_error"] = held.error
-                told[cand.id] = (cand, self._finish(cand, res, line_fields))
+                line = self._finish(cand, res, line_fields)
+                told[cand.id] = (cand, res)
                 key = line_fields.get("cache_key")
                 if key and res.status == "ok":
-                    self.cache.setdefault(key, _line(self.state.trials - 1, cand, res,
-                                                     line_fields))
+                    self.cache.setdefault(key, line)
         return [told[c.id] for c in cands if c.id in told]
 
     def _result(self, cand: Candidate, out: Outcome) -> Result:
@@ -352,12 +354,16 @@ class _Loop:
         return Result(cand.id, self.sign * out.objectives[self.primary], out.objectives,
                       scores, seconds=out.seconds)
 
-    def _finish(self, cand: Candidate, res: Result, fields: dict[str, Any] | None) -> Result:
-        """Log a finished trial (fields None: replayed, already logged) and count it."""
+    def _finish(self, cand: Candidate, res: Result, fields: dict[str, Any] | None
+                ) -> dict[str, Any] | None:
+        """Log a finished trial (fields None: replayed, already logged) and count it;
+        returns the line written."""
         state = self.state
+        line = None
         if fields is not None:
             t1 = time.perf_counter()
-            self.log.write(json.dumps(_line(state.trials, cand, res, fields)) + "\n")
+            line = _line(state.trials, cand, res, fields)
+            self.log.write(json.dumps(line) + "\n")
             state.timing.logging += time.perf_counter() - t1
             self.done_here += 1
         if res.heldout is not None and (
@@ -368,7 +374,7 @@ class _Loop:
                           "heldout": res.heldout}
             state.best_genome = cand.genome
         state.trials += 1
-        return res
+        return line
 
 
 def _line(trial: int, cand: Candidate, res: Result, fields: dict[str, Any]

@@ -155,8 +155,6 @@ class MergeTaskSpec(BaseModel):
         return (self.evaluators[0].name if len(self.evaluators) == 1 else ""), entry
 
 
-TaskSpec = DigitsTaskSpec  # the digits-era name
-
 
 class ControllerSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")

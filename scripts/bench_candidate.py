@@ -83,8 +83,6 @@ def main() -> None:
         for method in METHODS:
             # the recipe as evomerge reads it (sources resolved the same way)
             recipe = load_recipe(recipes[method])
-            if recipe.base is None:
-                recipe = recipe.model_copy(update={"base": None})
             builder.build(recipe)  # warm-up
             inplace = []
             for _ in range(args.repeats):

@@ -120,7 +120,6 @@ class LMEvalEvaluator(Evaluator):
         self.tm = TaskManager(include_path=list(spec.include_path) or None,
                               include_defaults=defaults)
         search = [self._load(t, f"{where}.tasks[{i}]") for i, t in enumerate(spec.tasks)]
-        self.task_names = [n for _, names in search for n in names]
         self.leaves = {t.task_name: t for objs, _ in search for t in objs}
         objs = list(self.leaves.values())
         if spec.heldout_tasks is not None:

@@ -23,6 +23,7 @@ from evomerge.merge.streaming import (
     MergeError,
     MergeOptions,
     _all_finite,
+    _numel,
     check_compatible,
     open_models,
 )
@@ -79,6 +80,11 @@ class CandidateBuilder:
         finally:
             for m in models:
                 m.close()
+        def nbytes(d: dict[str, torch.Tensor] | None) -> int:
+            return sum(t.numel() * t.element_size() for t in (d or {}).values())
+
+        self._base_bytes = nbytes(self.base)
+        self._source_bytes = sum(nbytes(s) for s in self.sources)
         self.model = self._live_model()
         self.params = self._live_parameters()
         self.workers = 1 if self.device.type == "cuda" else max(1, workers)
@@ -158,8 +164,7 @@ class CandidateBuilder:
             torch.set_num_threads(threads_before)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        read = sum(t.numel() * t.element_size()
-                   for d in ([self.base] if self.base else []) + self.sources for t in d.values())
+        read = self._source_bytes + (self._base_bytes if recipe.base is not None else 0)
         self.last = BuildStats(time.perf_counter() - start, len(self.names), read, written)
         return self.model
 
@@ -172,9 +177,3 @@ class CandidateBuilder:
         if self._pool is not None:
             self._pool.shutdown()
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
