@@ -90,6 +90,10 @@ class CandidateSpec(BaseModel):
     dtype: Literal["float32", "float16", "bfloat16"] | None = None  # default: the sources'
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
     merge_threads: int = Field(2, ge=1)
+    # memory for the TIES/DARE selections reused across candidates (4 bytes per parameter per
+    # source at most); None: half of what the device has free once the sources are
+    # resident; 0: off. Speed only: the weights are the same either way.
+    selection_cache_gib: float | None = Field(None, ge=0)
 
 
 class MergeTaskSpec(BaseModel):

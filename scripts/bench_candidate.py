@@ -3,7 +3,9 @@
 On the 3-source ~100M-parameter bf16 family of `bench_merge.py` (cached, shared with it):
 
 - in place: `CandidateBuilder.build(recipe)` — sources resident, the merged weights copied into
-  the one live transformers model (median of --repeats builds, after one warm-up);
+  the one live transformers model (median of --repeats builds, after one warm-up), with the
+  selection cache (the default) and without it; the first cached build, which fills the
+  cache, is reported on its own;
 - naive, whole process: `evomerge merge RECIPE OUT` in a fresh process (what a search that
   shells out per candidate pays: start-up, imports, merge, shards written) plus
   `AutoModelForCausalLM.from_pretrained(OUT)` in this process;
@@ -32,13 +34,15 @@ import bench_merge as bm  # noqa: E402  (the shared zoo, recipes and machine fac
 METHODS = ("linear", "ties", "dare_ties")
 NOTE = """
 Reading the table: linear is memory-bound, so dropping the disk, the process start and the
-model load leaves the merge itself. TIES and DARE-TIES are compute-bound on this CPU (exact
-top-k by two histogram passes per task vector; DARE's random draws), and the in-place builder
-runs the very same per-tensor function as `evomerge merge` (that is what makes the live model
-bit-identical), so the disk path only adds its I/O and start-up to the same compute: the
-issue's 5x target is met for linear and missed for TIES and DARE-TIES. Closing the gap needs
-per-source caches that are valid across candidates (the |tau| order for top-k, the uniform
-draws of DARE's fixed seed), at 4 bytes per parameter per source.
+model load leaves the merge itself. TIES and DARE-TIES are compute-bound on this CPU: without
+the cache each candidate runs two histogram passes over every task vector for its exact top-k
+threshold (TIES) or draws a uniform per entry (DARE), as `evomerge merge` does. The selection
+cache keeps, per source and tensor, |tau|'s bit patterns sorted (any density's threshold is
+then a binary search) and DARE's draws for the space's seed (4 bytes per entry per source,
+bounded by half the memory available), so a candidate pays one merge pass; the first
+candidate pays for filling it ("first build"). The weights are bit-identical with and
+without the cache (tests/test_inplace.py). The floor counts the sources, base and output
+bytes once; the cache's own reads are not in it.
 """
 
 
@@ -78,17 +82,27 @@ def main() -> None:
     rows = []
     try:
         recipes = bm.write_recipes(zoo, work)
-        builder = CandidateBuilder(str(zoo["base"]), [str(zoo[v]) for v in bm.VARIANTS],
-                                   dtype="bfloat16", device=args.device)
-        for method in METHODS:
-            # the recipe as evomerge reads it (sources resolved the same way)
-            recipe = load_recipe(recipes[method])
-            builder.build(recipe)  # warm-up
-            inplace = []
+        refs = (str(zoo["base"]), [str(zoo[v]) for v in bm.VARIANTS])
+        cached = CandidateBuilder(*refs, dtype="bfloat16", device=args.device)
+        uncached = CandidateBuilder(*refs, dtype="bfloat16", device=args.device, cache_bytes=0)
+
+        def builds(builder: CandidateBuilder, recipe) -> list[float]:
+            times = []
             for _ in range(args.repeats):
                 t = time.perf_counter()
                 builder.build(recipe)
-                inplace.append(time.perf_counter() - t)
+                times.append(time.perf_counter() - t)
+            return times
+
+        for method in METHODS:
+            # the recipe as evomerge reads it (sources resolved the same way)
+            recipe = load_recipe(recipes[method])
+            t = time.perf_counter()
+            cached.build(recipe)  # fills the cache (and warms up)
+            first = time.perf_counter() - t
+            inplace = builds(cached, recipe)
+            uncached.build(recipe)  # warm-up
+            plain = builds(uncached, recipe)
             whole, inproc = [], []
             for i in range(args.repeats + 1):
                 out = work / f"{method}-{i}"
@@ -109,13 +123,18 @@ def main() -> None:
             touched = sum(bm.weight_bytes(zoo[k]) for k in inputs) + bm.weight_bytes(zoo["a"])
             floor = touched / bandwidth
             row = (method, statistics.median(inplace), statistics.median(whole),
-                   statistics.median(inproc), floor)
+                   statistics.median(inproc), floor, statistics.median(plain), first)
             rows.append(row)
-            print(f"{method}: in place {row[1]:.3f} s, evomerge merge + load {row[2]:.3f} s "
+            print(f"{method}: in place {row[1]:.3f} s (no cache {row[5]:.3f} s, first build "
+                  f"{first:.3f} s), evomerge merge + load {row[2]:.3f} s "
                   f"({row[2] / row[1]:.1f}x), in-process merge + load {row[3]:.3f} s "
                   f"({row[3] / row[1]:.1f}x), floor {floor:.3f} s ({row[1] / floor:.1f}x)",
                   flush=True)
-        builder.close()
+        cache_mb = cached.cache.used / 2**20
+        print(f"selection cache: {cache_mb:.0f} MiB of {cached.cache.budget / 2**20:.0f} MiB "
+              f"allowed, {cached.cache.refused} entries refused")
+        cached.close()
+        uncached.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if out_md:
@@ -125,15 +144,18 @@ def main() -> None:
             *[f"- {x}" for x in info],
             f"- model: {n_params / 1e6:.1f}M parameters per model, bf16, base + 3 sources; "
             f"device {args.device}; copy bandwidth {bandwidth / 1e9:.1f} GB/s",
-            f"- medians of {args.repeats} runs each (one warm-up); sources in the page cache", "",
-            "| method | in place | `evomerge merge` process + `from_pretrained` | speed-up | "
-            "in-process merge to disk + `from_pretrained` | speed-up | bandwidth floor | "
-            "in place / floor |",
-            "|---|---|---|---|---|---|---|---|",
+            f"- medians of {args.repeats} runs each (one warm-up); sources in the page cache",
+            f"- selection cache after all methods: {cache_mb:.0f} MiB "
+            f"({cached.cache.refused} entries refused)", "",
+            "| method | in place | no cache | first build | `evomerge merge` process + "
+            "`from_pretrained` | speed-up | in-process merge to disk + `from_pretrained` | "
+            "speed-up | bandwidth floor | in place / floor |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for m, ip, wh, pr, fl in rows:
-            lines.append(f"| {m} | {ip:.3f} s | {wh:.3f} s | **{wh / ip:.1f}x** | {pr:.3f} s | "
-                         f"{pr / ip:.1f}x | {fl:.3f} s | {ip / fl:.1f}x |")
+        for m, ip, wh, pr, fl, pl, fi in rows:
+            lines.append(f"| {m} | {ip:.3f} s | {pl:.3f} s | {fi:.3f} s | {wh:.3f} s | "
+                         f"**{wh / ip:.1f}x** | {pr:.3f} s | {pr / ip:.1f}x | {fl:.3f} s | "
+                         f"{ip / fl:.1f}x |")
         out_md.write_text("\n".join(lines) + "\n" + NOTE)
         print(f"wrote {out_md}")
 

@@ -55,9 +55,14 @@ def _recipes(zoo, dtype: str | None) -> list[tuple[str, dict]]:
     return out
 
 
-@pytest.mark.parametrize("dtype", [None, "bfloat16"])
-def test_live_model_is_bit_identical_to_evomerge_merge(zoo, tmp_path, dtype):
-    builder = CandidateBuilder(str(zoo["base"]), [str(zoo["a"]), str(zoo["b"])], dtype=dtype)
+@pytest.mark.parametrize(("dtype", "cache"), [(None, None), ("bfloat16", None),
+                                              (None, 0), (None, 20_000)])
+def test_live_model_is_bit_identical_to_evomerge_merge(zoo, tmp_path, dtype, cache):
+    """Also with the selection cache off (0) and too small to hold every tensor (20 kB),
+    so each recipe runs cached, computed and mixed selections; the recipes share the
+    builder, so later ones reuse entries made for other densities and DARE seeds."""
+    builder = CandidateBuilder(str(zoo["base"]), [str(zoo["a"]), str(zoo["b"])], dtype=dtype,
+                               cache_bytes=cache)
     slerp_builder = CandidateBuilder(str(zoo["base"]), [str(zoo["a"])], dtype=dtype)
     model_id = id(builder.model)
     for name, data in _recipes(zoo, dtype):
@@ -73,6 +78,10 @@ def test_live_model_is_bit_identical_to_evomerge_merge(zoo, tmp_path, dtype):
             assert got[tensor].dtype == w.dtype, (name, tensor)
             assert torch.equal(got[tensor], w), f"{name}: {tensor} differs"
         assert b.last is not None and b.last.tensors == len(want)
+    c = builder.cache
+    assert c.used <= c.budget
+    assert (c.used > 0) == (cache != 0)
+    assert (c.refused > 0) == (cache is not None)  # auto holds every entry here
 
 
 def test_builder_rebuilds_without_leftovers_and_runs_forward(zoo):

@@ -85,6 +85,23 @@ def test_m2n2_seed_mixtures_compete_on_per_sample_scores(zoo, tasks_dir, tmp_pat
     assert any(x["genome"] not in ([1, 0, 1, 0], [0, 1, 0, 1]) for x in lines[2:])  # children
 
 
+def test_the_selection_cache_changes_speed_only(zoo, tasks_dir, tmp_path):
+    """The same search with the selection cache on (default) and off gives the same trials."""
+    from evomerge.search_config import load_config
+    from evomerge.tasks.base import build_task
+
+    space = {"kind": "ps", "methods": ["ties", "dare_ties"], "groups": 2}
+    runs = []
+    for name, candidate in (("on", {}), ("off", {"selection_cache_gib": 0})):
+        cfg = write_config(tmp_path / f"{name}.yaml", merge_config(
+            zoo, tasks_dir, {"kind": "random"}, space=space, budget=4, candidate=candidate))
+        worker = build_task(load_config(cfg)).worker()
+        assert (worker.builder.cache.budget == 0) == (name == "off")
+        SearchRun.create(cfg, tmp_path / name).run()
+        runs.append([(x["genome"], x["objectives"]) for x in log_lines(tmp_path / name)])
+    assert runs[0] == runs[1] and len(runs[0]) == 4
+
+
 def test_repeated_recipes_come_from_the_cache_also_after_resume(zoo, tasks_dir, tmp_path):
     # without crossover or mutation every child copies a parent: the same recipe again
     data = merge_config(zoo, tasks_dir, {"kind": "m2n2", "archive_size": 3, "crossover": False},

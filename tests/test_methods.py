@@ -167,3 +167,32 @@ def test_cheap_finiteness_check_agrees_with_isfinite(dtype):
         assert not _all_finite(y)
     if dtype != torch.float32:
         assert _all_finite(torch.full((10,), torch.finfo(dtype).max, dtype=dtype))
+
+
+def test_cached_selections_equal_computed_ones_bit_for_bit():
+    """The per-source caches a search keeps (sorted |τ| bits, DARE's draws) give the very
+    selections the histogram passes and the generator give, ties at the threshold included."""
+    g = torch.Generator().manual_seed(12)
+    n = 5000
+    base = torch.randn(n, generator=g)
+    # quantised task vectors: long runs of equal magnitudes spanning several chunks
+    srcs = [base + torch.randint(-3, 4, (n,), generator=g).float() * 0.25 for _ in range(3)]
+    ranks = [M.magnitude_ranks(s - base) for s in srcs]
+    w = [0.5, 0.3, 0.2]
+    for dens in ([0.3, 0.5, 0.71], [0.0, 1.0, 0.999], [0.0002, 0.9, 0.5]):
+        assert torch.equal(M.ties(base, srcs, w, dens, chunk=333),
+                           M.ties(base, srcs, w, dens, ranks=ranks, chunk=333))
+        gammas = [0.05, 0.1, 0.0]
+        assert torch.equal(
+            M.breadcrumbs(base, srcs, w, dens, gammas, sign_consensus=True, chunk=333),
+            M.breadcrumbs(base, srcs, w, dens, gammas, sign_consensus=True,
+                          ranks=ranks, chunk=333))
+        gens = lambda: [torch.Generator().manual_seed(i) for i in range(3)]  # noqa: E731
+        draws = [M.dare_uniforms(n, gen, chunk=333) for gen in gens()]
+        for fn in (M.dare_ties, M.dare_linear):
+            assert torch.equal(fn(base, srcs, w, dens, gens(), chunk=333),
+                               fn(base, srcs, w, dens, gens(), uniforms=draws, chunk=333))
+    # the cache really replaces the passes: a wrong cache gives a different selection
+    wrong = [torch.zeros_like(b) for b in ranks]
+    assert not torch.equal(M.ties(base, srcs, w, [0.3] * 3),
+                           M.ties(base, srcs, w, [0.3] * 3, ranks=wrong))

@@ -5,7 +5,9 @@ loading it back costs far more than the merge itself, so a `CandidateBuilder` op
 sources once, keeps every tensor resident in its stored dtype on the chosen device, owns one
 live model, and per candidate runs the very `merge_tensor` the streaming materialiser runs,
 copying each result into the live parameter. The live model is therefore bit-identical to
-what `evomerge merge` writes for the same recipe; only the I/O differs.
+what `evomerge merge` writes for the same recipe; only the I/O differs. What does not change
+between candidates (|τ| order for top-k, DARE's draws) is cached up to a memory budget
+(`SelectionCache`), which changes the speed and never the weights.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import torch
 
+from evomerge.merge.selection_cache import SelectionCache
 from evomerge.merge.streaming import (
     _TORCH_DTYPES,
     MergeError,
@@ -30,6 +33,15 @@ from evomerge.merge.streaming import (
 from evomerge.merge.tensor_merge import merge_tensor
 from evomerge.models.architecture import count_layers, tensor_site
 from evomerge.recipe import Recipe
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes the device can still give (host RAM for the CPU)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
 
 
 @dataclass
@@ -46,11 +58,13 @@ class CandidateBuilder:
     `base` and `sources` fix the model references every recipe must use (in this order);
     `dtype` is the live model's dtype (recipes whose `dtype` differs are refused, since the
     bit-identity with `evomerge merge` holds only for the same output dtype).
+    `cache_bytes` bounds the selection cache; None: half the device memory still available
+    once the sources and the live model are resident; 0: no cache.
     """
 
     def __init__(self, base: str | None, sources: list[str], dtype: str | None = None,
                  device: str = "cpu", workers: int = 2, allow_pickle: bool = False,
-                 allow_download: bool = False):
+                 allow_download: bool = False, cache_bytes: int | None = None):
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise MergeError(f"device: {device} requested but CUDA is not available")
         self.device = torch.device(device)
@@ -87,6 +101,8 @@ class CandidateBuilder:
         self._source_bytes = sum(nbytes(s) for s in self.sources)
         self.model = self._live_model()
         self.params = self._live_parameters()
+        self.cache = SelectionCache(available_memory(self.device) // 2
+                                    if cache_bytes is None else cache_bytes)
         self.workers = 1 if self.device.type == "cuda" else max(1, workers)
         self._pool = (ThreadPoolExecutor(self.workers, initializer=torch.set_num_threads,
                                          initargs=(1,)) if self.workers > 1 else None)
@@ -145,7 +161,8 @@ class CandidateBuilder:
             base = self.base[name] if recipe.base is not None else None
             inputs = [s[name] for s in self.sources]
             try:
-                out = merge_tensor(recipe, site, base, inputs, out_dtype=self.dtype)
+                out = merge_tensor(recipe, site, base, inputs, out_dtype=self.dtype,
+                                   cache=self.cache)
             except ValueError as exc:
                 raise MergeError(f"tensor {name}: {exc}") from None
             if not _all_finite(out):

@@ -46,7 +46,17 @@ class TopK:
     threshold: int = -1
     need_eq: int = 0
     eq_total: int = 0
+    prepared: bool = False
     _used: int = field(default=0, repr=False)
+
+    ranks: torch.Tensor | None = field(default=None, repr=False)
+    _pos: int = field(default=0, repr=False)
+
+    @classmethod
+    def from_ranks(cls, k: int, ranks: torch.Tensor) -> TopK:
+        """The same selection read off each entry's magnitude rank (`magnitude_ranks`, which
+        a search computes once per source and keeps): entry i survives iff ranks[i] < k."""
+        return cls(k, prepared=True, ranks=ranks)
 
     # Two histogram passes; the caller feeds chunks in index order to each `*_pass`.
     def active(self, n: int) -> bool:
@@ -74,11 +84,16 @@ class TopK:
         self.need_eq = self._need - above_lo
         self.eq_total = int(lo[c])
         self._used = 0
+        self.prepared = True
 
     def mask(self, d: torch.Tensor) -> torch.Tensor:
         """Mask for the next chunk (chunks must come in order)."""
         if self.k <= 0:
             return torch.zeros_like(d, dtype=torch.bool)
+        if self.ranks is not None:
+            r = self.ranks[self._pos:self._pos + d.numel()]
+            self._pos += d.numel()
+            return (r < self.k).reshape(d.shape)
         if self.threshold < 0:
             return torch.ones_like(d, dtype=torch.bool)
         bits = _abs_bits(d)
@@ -107,12 +122,19 @@ class KeepRule:
     outliers: TopK | None = None  # ... minus these largest ones
     density: float = 1.0  # DARE keep probability
     generator: torch.Generator | None = None
+    uniforms: torch.Tensor | None = None  # DARE's draws, cached: `dare_uniforms` of generator
+    _pos: int = field(default=0, repr=False)
 
     def selections(self, n: int) -> list[TopK]:
         """The top-k selections whose thresholds still need the histogram passes."""
-        return [t for t in (self.upper, self.outliers) if t is not None and t.active(n)]
+        return [t for t in (self.upper, self.outliers)
+                if t is not None and t.active(n) and not t.prepared]
 
     def apply(self, d: torch.Tensor) -> torch.Tensor:
+        if self.uniforms is not None:
+            u = self.uniforms[self._pos:self._pos + d.numel()].reshape(d.shape)
+            self._pos += d.numel()
+            return d.mul_(u < self.density).div_(self.density)
         if self.generator is not None:
             keep = torch.rand(d.shape, generator=self.generator, device=d.device) < self.density
             return d.mul_(keep).div_(self.density)
@@ -157,30 +179,58 @@ def _chunks(flat: torch.Tensor, size: int = CHUNK):
         yield flat[s:s + size]
 
 
-def magnitude_rule(density: float, n: int) -> KeepRule | None:
+def magnitude_ranks(delta: torch.Tensor) -> torch.Tensor:
+    """Each entry's place (int32) in the order TopK keeps: largest |τ| first, equal
+    magnitudes by lowest index. Any k's top-k mask is then `ranks < k`, bit-identical to the
+    histogram passes' selection; a search computes this once per source and tensor."""
+    bits = _abs_bits(delta.float().contiguous())
+    order = torch.sort(bits, descending=True, stable=True).indices
+    ranks = torch.empty(bits.numel(), dtype=torch.int32, device=bits.device)
+    ranks[order] = torch.arange(bits.numel(), dtype=torch.int32, device=bits.device)
+    return ranks
+
+
+def dare_uniforms(n: int, generator: torch.Generator, device: torch.device | str = "cpu",
+                  chunk: int = CHUNK) -> torch.Tensor:
+    """The draws `KeepRule.apply` takes from `generator` over n entries, in the same chunks,
+    so a cached copy reproduces DARE's mask bit for bit at any density."""
+    return torch.cat([torch.rand((min(chunk, n - s),), generator=generator, device=device)
+                      for s in range(0, n, chunk)]) if n else torch.empty(0, device=device)
+
+
+def _topk(k: int, ranks: torch.Tensor | None) -> TopK:
+    return TopK(k) if ranks is None else TopK.from_ranks(k, ranks)
+
+
+def magnitude_rule(density: float, n: int, ranks: torch.Tensor | None = None
+                   ) -> KeepRule | None:
     """TIES: keep the top-d fraction by magnitude (at least one entry when d > 0)."""
     if density >= 1:
         return None
-    return KeepRule(upper=TopK(0 if density <= 0 or n == 0 else max(1, int(density * n))))
+    return KeepRule(upper=_topk(0 if density <= 0 or n == 0 else max(1, int(density * n)),
+                                ranks))
 
 
-def outlier_rule(density: float, gamma: float, n: int) -> KeepRule | None:
+def outlier_rule(density: float, gamma: float, n: int,
+                 ranks: torch.Tensor | None = None) -> KeepRule | None:
     """Breadcrumbs: drop the largest gamma fraction, then the smallest, keeping int(d·n)."""
     if density >= 1:
         return None
     target = int(density * n)
     n_top = int(gamma * n)
     n_bot = max(0, n - target - n_top)
-    return KeepRule(upper=TopK(n - n_bot), outliers=TopK(n - n_bot - target))
+    return KeepRule(upper=_topk(n - n_bot, ranks),
+                    outliers=_topk(n - n_bot - target, ranks))
 
 
-def dare_rule(density: float, generator: torch.Generator) -> KeepRule | None:
+def dare_rule(density: float, generator: torch.Generator,
+              uniforms: torch.Tensor | None = None) -> KeepRule | None:
     """DARE: drop each entry with probability 1 - d, rescale survivors by 1/d."""
     if density >= 1:
         return None
     if density <= 0:
         return KeepRule(upper=TopK(0))
-    return KeepRule(density=density, generator=generator)
+    return KeepRule(density=density, generator=generator, uniforms=uniforms)
 
 
 def _apply_rule(delta: torch.Tensor, rule: KeepRule | None) -> torch.Tensor:
@@ -248,7 +298,8 @@ def task_vector_merge(
         b = base_flat[s:s + chunk].float()
         weighted = []
         for k, w in enumerate(weights):
-            d = flats[k][s:s + chunk].float() - b  # a new tensor: inputs stay untouched
+            # a new float32 tensor (the source is upcast exactly): inputs stay untouched
+            d = torch.sub(flats[k][s:s + chunk], b)
             if rules[k] is not None:
                 d = rules[k].apply(d)
             weighted.append(d.mul_(w))
@@ -259,11 +310,13 @@ def task_vector_merge(
             # elected sign e = ±1 (a zero sum elects +); w·τ agrees with it iff w·τ·e > 0, so
             # relu(w·τ·e) is |w·τ| where it agrees and 0 elsewhere: all cheap elementwise ops.
             sign = torch.sign(mixed).add_(0.5).sign_()
-            mixed.zero_()
             divisor = torch.zeros_like(b) if normalize else None
-            for wd, w in zip(weighted, weights, strict=True):
+            for i, (wd, w) in enumerate(zip(weighted, weights, strict=True)):
                 agreeing = wd.mul_(sign).relu_()
-                mixed += agreeing
+                if i == 0:
+                    mixed.copy_(agreeing)
+                else:
+                    mixed += agreeing
                 if divisor is not None:
                     divisor.add_(agreeing.sign_(), alpha=w)
             mixed *= sign
@@ -300,26 +353,37 @@ def task_arithmetic(base, sources, weights, lam=1.0, normalize=False, **kw) -> t
     return task_vector_merge(base, sources, weights, None, False, lam, normalize, **kw)
 
 
-def ties(base, sources, weights, densities, lam=1.0, normalize=True, **kw) -> torch.Tensor:
-    rules = [magnitude_rule(d, base.numel()) for d in densities]
+# `ranks` / `uniforms`: optional per-source caches (None where absent) that give the
+# same selection without the histogram passes or the random draws.
+def ties(base, sources, weights, densities, lam=1.0, normalize=True, ranks=None,
+         **kw) -> torch.Tensor:
+    cached = ranks or [None] * len(densities)
+    rules = [magnitude_rule(d, base.numel(), c) for d, c in zip(densities, cached, strict=True)]
     return task_vector_merge(base, sources, weights, rules, True, lam, normalize, **kw)
 
 
+def _dare_rules(densities, generators, uniforms) -> list[KeepRule | None]:
+    cached = uniforms or [None] * len(densities)
+    return [dare_rule(d, g, u) for d, g, u in zip(densities, generators, cached, strict=True)]
+
+
 def dare_linear(base, sources, weights, densities, generators, lam=1.0, normalize=False,
-                **kw) -> torch.Tensor:
-    rules = [dare_rule(d, g) for d, g in zip(densities, generators, strict=True)]
+                uniforms=None, **kw) -> torch.Tensor:
+    rules = _dare_rules(densities, generators, uniforms)
     return task_vector_merge(base, sources, weights, rules, False, lam, normalize, **kw)
 
 
 def dare_ties(base, sources, weights, densities, generators, lam=1.0, normalize=False,
-              **kw) -> torch.Tensor:
-    rules = [dare_rule(d, g) for d, g in zip(densities, generators, strict=True)]
+              uniforms=None, **kw) -> torch.Tensor:
+    rules = _dare_rules(densities, generators, uniforms)
     return task_vector_merge(base, sources, weights, rules, True, lam, normalize, **kw)
 
 
 def breadcrumbs(base, sources, weights, densities, gammas, lam=1.0, normalize=False,
-                sign_consensus=False, **kw) -> torch.Tensor:
-    rules = [outlier_rule(d, g, base.numel()) for d, g in zip(densities, gammas, strict=True)]
+                sign_consensus=False, ranks=None, **kw) -> torch.Tensor:
+    cached = ranks or [None] * len(densities)
+    rules = [outlier_rule(d, g, base.numel(), c)
+             for d, g, c in zip(densities, gammas, cached, strict=True)]
     return task_vector_merge(base, sources, weights, rules, sign_consensus, lam, normalize,
                              **kw)
 

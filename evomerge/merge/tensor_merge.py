@@ -8,6 +8,7 @@ import hashlib
 import torch
 
 from evomerge.merge import methods
+from evomerge.merge.selection_cache import SelectionCache
 from evomerge.recipe import Recipe, TensorSite
 
 
@@ -23,9 +24,12 @@ def dare_generator(recipe: Recipe, tensor_name: str, source_index: int,
 
 
 def merge_tensor(recipe: Recipe, site: TensorSite, base: torch.Tensor | None,
-                 sources: list[torch.Tensor], out_dtype: torch.dtype = torch.float32
-                 ) -> torch.Tensor:
-    """Merge one tensor's inputs (any float dtype) in float32; returns `out_dtype`."""
+                 sources: list[torch.Tensor], out_dtype: torch.dtype = torch.float32,
+                 cache: SelectionCache | None = None) -> torch.Tensor:
+    """Merge one tensor's inputs (any float dtype) in float32; returns `out_dtype`.
+
+    `cache` (in-place candidates only) supplies selections computed once per source; the
+    result is bit-identical with or without it."""
     m = recipe.method
     k = range(len(sources))
     if m == "slerp":
@@ -42,15 +46,28 @@ def merge_tensor(recipe: Recipe, site: TensorSite, base: torch.Tensor | None,
         return methods.task_arithmetic(base, sources, weights, lam, normalize,
                                        out_dtype=out_dtype)
     densities = [recipe.source_param(i, "density", site) for i in k]
+
+    def ranks() -> list[torch.Tensor | None] | None:
+        if cache is None:
+            return None
+        return [cache.ranks(site.name, i, base, sources[i]) if densities[i] < 1 else None
+                for i in k]
+
     if m == "ties":
         return methods.ties(base, sources, weights, densities, lam, normalize,
-                            out_dtype=out_dtype)
+                            ranks=ranks(), out_dtype=out_dtype)
     if m in ("dare_linear", "dare_ties"):
         gens = [dare_generator(recipe, site.name, i, base.device) for i in k]
+        draws = None if cache is None else [
+            cache.uniforms(site.name, i, recipe.seed, base.numel(),
+                           lambda i=i: dare_generator(recipe, site.name, i, base.device),
+                           base.device) if 0 < densities[i] < 1 else None for i in k]
         fn = methods.dare_ties if m == "dare_ties" else methods.dare_linear
-        return fn(base, sources, weights, densities, gens, lam, normalize, out_dtype=out_dtype)
+        return fn(base, sources, weights, densities, gens, lam, normalize, uniforms=draws,
+                  out_dtype=out_dtype)
     if m in ("breadcrumbs", "breadcrumbs_ties"):
         gammas = [recipe.source_param(i, "gamma", site) for i in k]
         return methods.breadcrumbs(base, sources, weights, densities, gammas, lam, normalize,
-                                   sign_consensus=m == "breadcrumbs_ties", out_dtype=out_dtype)
+                                   sign_consensus=m == "breadcrumbs_ties",
+                                   ranks=ranks(), out_dtype=out_dtype)
     raise ValueError(f"method: unknown merge method {m!r}")

@@ -31,7 +31,9 @@ class MergeWorker(TaskWorker):
         self.spec = spec
         self.builder = CandidateBuilder(spec.base, spec.sources, dtype=c.dtype, device=c.device,
                                         workers=c.merge_threads, allow_pickle=spec.allow_pickle,
-                                        allow_download=spec.allow_download)
+                                        allow_download=spec.allow_download,
+                                        cache_bytes=None if c.selection_cache_gib is None
+                                        else int(c.selection_cache_gib * 2**30))
         self.tokenizer = self.builder.tokenizer()
         self.evaluators = evaluators
         self.needs_scores = needs_scores
