@@ -47,6 +47,10 @@ def merge(
     allow_download: Annotated[bool, typer.Option(
         help="Let hub repo ids not in the local cache be downloaded.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    match_mergekit_precision: Annotated[bool, typer.Option(
+        help="For a mergekit config whose dtype is float16/bfloat16: merge at that precision "
+             "step by step as mergekit does, to get its exact weights (default: float32).")]
+    = False,
 ) -> None:
     """Build the merged model described by RECIPE into OUT_DIR (sharded safetensors)."""
     from evomerge.merge.allocator import reuse_freed_memory
@@ -55,7 +59,7 @@ def merge(
 
     reuse_freed_memory()
     try:
-        rec = load_recipe(recipe)
+        rec = load_recipe(recipe, match_mergekit_precision=match_mergekit_precision)
         opts = MergeOptions(device=device, shard_size=parse_size(shard_size), workers=workers,
                             overwrite=overwrite, allow_nonfinite=allow_nonfinite,
                             allow_pickle=allow_pickle, allow_download=allow_download,
@@ -75,17 +79,20 @@ def export_recipe(
     output: Annotated[Path | None, typer.Option("--output", "-o",
                                                 help="Write here instead of stdout.")] = None,
 ) -> None:
-    """Write a parameter-space recipe as mergekit YAML (or as a normalised evomerge recipe)."""
+    """Write a parameter-space recipe as mergekit YAML (or as a normalised evomerge recipe).
+    Models appear as the recipe wrote them (with -o, local paths relative to FILE's folder),
+    hub ids pinned to their cached revision."""
     from evomerge.recipe import RecipeError, load_recipe
 
     try:
         rec = load_recipe(recipe)
+        rel = output.absolute().parent if output is not None else None
         if format is ExportFormat.mergekit:
-            from evomerge.mergekit_yaml import recipe_to_mergekit
+            from evomerge.mergekit_yaml import portable_mergekit
 
-            text = yaml.safe_dump(recipe_to_mergekit(rec, _layer_count(rec)), sort_keys=False)
+            text = yaml.safe_dump(portable_mergekit(rec, rel), sort_keys=False)
         else:
-            text = rec.to_yaml()
+            text = rec.portable(rel).to_yaml()
     except RecipeError as exc:
         _fail(str(exc))
     if output is None:

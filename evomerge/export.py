@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from evomerge.archive import Objective, ParetoArchive
 from evomerge.merge.streaming import MergeOptions, merge_to_directory
@@ -77,7 +76,7 @@ def export(run_dir: str | Path, to: str | Path, trial: int | None = None, best: 
     spec = run.cfg.task
     for recipe, out in zip(recipes, targets, strict=True):
         extra = {}
-        mk = _mergekit_text(recipe)
+        mk = _mergekit_text(recipe, out)
         if mk is not None:
             extra["mergekit_config.yml"] = mk
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -87,11 +86,11 @@ def export(run_dir: str | Path, to: str | Path, trial: int | None = None, best: 
     return targets
 
 
-def _mergekit_text(recipe: Recipe) -> str | None:
-    from evomerge.cli import _layer_count
-    from evomerge.mergekit_yaml import recipe_to_mergekit
+def _mergekit_text(recipe: Recipe, out: Path) -> str | None:
+    """mergekit_config.yml for the model directory `out` (local paths relative to it)."""
+    from evomerge.mergekit_yaml import mergekit_text
 
     try:
-        return yaml.safe_dump(recipe_to_mergekit(recipe, _layer_count(recipe)), sort_keys=False)
+        return mergekit_text(recipe, out)
     except (RecipeError, ValueError):
         return None  # not expressible in mergekit's format: the evomerge recipe still is

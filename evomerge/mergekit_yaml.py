@@ -10,31 +10,87 @@ Recipe evaluates them with mergekit's rules.
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import yaml
+
 from evomerge.models.architecture import MERGEKIT_FILTER_FOR_KIND
-from evomerge.recipe import METHODS, PER_SOURCE_PARAMS, SHARED_PARAMS, Recipe, RecipeError
+from evomerge.recipe import (
+    METHODS,
+    NAME_FILTER_PREFIX,
+    PER_SOURCE_PARAMS,
+    SHARED_PARAMS,
+    TENSOR_KINDS,
+    TOKENIZER_KEYWORDS,
+    Recipe,
+    RecipeError,
+)
 
 log = logging.getLogger(__name__)
 
-# mergekit parameters that have no counterpart here and do not change float32 results.
-_IGNORED = {"int8_mask"}
 _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
            "bfloat16": "bfloat16", "bf16": "bfloat16"}
+# mergekit 0.1.5's top-level keys; any other is ignored by mergekit (and warned about here)
+_TOP_KEYS = {"merge_method", "base_model", "dtype", "out_dtype", "models", "slices", "modules",
+             "parameters", "tokenizer_source", "tokenizer", "chat_template"}
+_GTA = ("task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties")
+
+
+def _warn_unknown(entry: dict, known: set[str], where: str) -> None:
+    for key in entry:
+        if key not in known:
+            log.warning("%s.%s: not a mergekit 0.1.5 key; ignored (mergekit ignores it too)",
+                        where, key)
 
 
 def _model_name(ref: Any, where: str) -> str:
+    """A mergekit model reference as one string: 'path' or 'path@revision'. LoRA adapters and
+    architecture overrides change the weights, and are refused."""
+    if isinstance(ref, dict) and "model" in ref and set(ref) - {"model", "lora",
+                                                               "override_architecture"}:
+        ref = ref["model"]  # a models:/sources: entry ({model: ..., parameters: ...})
     if isinstance(ref, str):
+        if "+" in ref:
+            raise RecipeError(f"{where}: {ref!r} names a LoRA adapter (model+lora), which is "
+                              "not supported; merge the adapter into its model first")
         return ref
-    if isinstance(ref, dict) and "model" in ref:  # {model: {path: ...}} or {model: str}
-        inner = ref["model"]
-        return inner["path"] if isinstance(inner, dict) else str(inner)
+    if isinstance(ref, dict):
+        for key in ("lora", "override_architecture"):
+            if ref.get(key) is not None:
+                raise RecipeError(f"{where}.{key}: not supported (got {ref[key]!r})")
+        inner = ref.get("model", ref)
+        if isinstance(inner, str):
+            return _model_name(inner, where)
+        if isinstance(inner, dict) and isinstance(inner.get("path"), str):
+            rev = inner.get("revision")
+            return f"{inner['path']}@{rev}" if rev else inner["path"]
     raise RecipeError(f"{where}: cannot read model reference {ref!r}")
 
 
+def _name_filters(value: Any) -> Any:
+    """mergekit filters are substrings of tensor names: keep them so where they spell one of
+    our tensor kinds (or our `name:` prefix). A lone condition becomes a one-item list."""
+    if isinstance(value, dict) and "value" in value and set(value) <= {"filter", "value"}:
+        value = [value]
+    if not isinstance(value, list):
+        return value
+    out = []
+    for cond in value:
+        if isinstance(cond, dict) and isinstance(cond.get("filter"), str):
+            f = cond["filter"]
+            if f in TENSOR_KINDS or f.startswith(NAME_FILTER_PREFIX):
+                cond = {**cond, "filter": NAME_FILTER_PREFIX + f}
+        out.append(cond)
+    return out
+
+
 def _params(raw: Any, where: str, method: str) -> dict[str, Any]:
-    """Parameters the method reads; mergekit ignores the others silently, we log them."""
+    """The parameters the method reads. mergekit ignores the others silently; we name them.
+    Settings that would make mergekit's weights differ from ours are refused."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -42,63 +98,159 @@ def _params(raw: Any, where: str, method: str) -> dict[str, Any]:
     used = set(PER_SOURCE_PARAMS[method]) | set(SHARED_PARAMS[method])
     out = {}
     for k, v in raw.items():
-        if k in _IGNORED:
+        if k == "int8_mask" and method in _GTA:
+            continue  # the dtype of mergekit's sign mask: no effect on the weights
+        if k == "rescale" and method in _GTA:
+            _check_rescale(v, f"{where}.rescale", method)
             continue
-        if k == "rescale" and method in ("dare_linear", "dare_ties"):
-            continue  # evomerge's DARE always rescales survivors by 1/density
         if k not in used:
             log.warning("%s.%s: not used by %s, ignored (as mergekit does)", where, k, method)
             continue
-        out[k] = v
+        out[k] = _name_filters(v)
     return out
 
 
-def recipe_from_mergekit(data: dict, origin: str = "<mergekit>") -> Recipe:
+def _check_rescale(value: Any, where: str, method: str) -> None:
+    """mergekit's `rescale` scales pruned task vectors back to their L1 norm. Ours: DARE
+    always rescales (by 1/density, as the paper does); the magnitude methods never do."""
+    if not isinstance(value, bool):
+        raise RecipeError(f"{where}: expected true or false, got {value!r}")
+    if method.startswith("dare") and not value:
+        raise RecipeError(f"{where}: false is not supported: evomerge's DARE always rescales "
+                          "survivors by 1/density")
+    if value and method in ("ties", "breadcrumbs", "breadcrumbs_ties"):
+        raise RecipeError(f"{where}: true (L1 rescaling of the trimmed task vectors) is not "
+                          f"supported for {method}")
+
+
+def _dtype(data: dict, key: str, origin: str) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    name = str(value).removeprefix("torch.")
+    if name not in _DTYPES:
+        raise RecipeError(f"{origin}: {key}: {value!r} is not supported "
+                          "(float32, float16 or bfloat16)")
+    return _DTYPES[name]
+
+
+def _precision(method: str, compute: str, stored: str, where: str, match: bool,
+               unset: bool) -> str | None:
+    """The compute_dtype that reproduces mergekit, when asked to; otherwise say how ours
+    differs. `unset`: no `dtype` key, mergekit computes in the sources' own 16-bit dtype."""
+    if match:
+        if method.startswith("dare"):
+            raise RecipeError(f"{where}: --match-mergekit-precision: {method}'s random drops "
+                              "never match mergekit's, so its precision cannot be matched")
+        return compute
+    if method.startswith("dare") or (unset and method in ("linear", "slerp")):
+        return None  # DARE is warned about already; 16-bit inputs to float32 arithmetic agree
+    if method in ("linear", "slerp"):
+        what = f"rounds every input to {compute} before its (float32) {method} arithmetic"
+    else:
+        what = (f"runs every step of {method} in {compute}, so even which entries survive "
+                "the trim can change")
+    cause = (f"the sources are {compute}, so" if unset else f"{compute}:")
+    log.warning("%s: %s mergekit %s; evomerge merges in float32 and stores %s, so the weights "
+                "differ. Pass --match-mergekit-precision to merge as mergekit does.",
+                where, cause, what, stored)
+    return None
+
+
+def recipe_from_mergekit(data: dict, origin: str = "<mergekit>", match_precision: bool = False,
+                         source_dtype: Callable[[str], str | None] | None = None) -> Recipe:
+    """A Recipe giving the weights mergekit 0.1.5 gives for this config, or a RecipeError
+    naming the key evomerge cannot honour. `source_dtype(ref)` (the dtype a model's config
+    declares) tells when mergekit, given no `dtype`, would merge 16-bit sources in 16 bits."""
     method = data.get("merge_method")
     if method not in METHODS:
         raise RecipeError(
             f"{origin}: merge_method: {method!r} is not supported (supported: {list(METHODS)})"
         )
+    _warn_unknown(data, _TOP_KEYS, origin)
+    if data.get("modules") is not None:
+        raise RecipeError(f"{origin}: modules: per-module merges are not supported")
     base = data.get("base_model")
     base = _model_name(base, f"{origin}: base_model") if base is not None else None
-    dtype = data.get("dtype")
-    if dtype is not None and dtype not in _DTYPES:
-        raise RecipeError(f"{origin}: dtype: {dtype!r} is not supported")
+    compute, stored = _dtype(data, "dtype", origin), _dtype(data, "out_dtype", origin)
     out: dict[str, Any] = {
         "method": method,
-        "base": base,
+        "base": base if method != "linear" else None,  # linear: the base is one more input
         "parameters": _params(data.get("parameters"), f"{origin}: parameters", method),
-        "dtype": _DTYPES.get(dtype) if dtype else None,
+        "dtype": stored or compute,
+        "chat_template": data.get("chat_template"),
+        "tokenizer_source": _tokenizer_source(data, origin),
     }
-    tok = data.get("tokenizer_source")
-    if isinstance(tok, str) and tok not in ("base", "union"):
-        out["tokenizer_source"] = tok
-    elif tok == "union":
-        raise RecipeError(f"{origin}: tokenizer_source: 'union' is not supported")
+    if method.startswith("dare"):
+        log.warning("%s: merge_method: %s: evomerge draws DARE's random drops from the recipe "
+                    "seed and rescales survivors by 1/density; mergekit draws from torch's "
+                    "global generator and rescales to the L1 norm, so the weights differ",
+                    origin, method)
     if "models" in data and "slices" in data:
         raise RecipeError(f"{origin}: give either models: or slices:, not both")
-    if "models" in data:
+    if data.get("models"):
         sources = []
-        for i, m in enumerate(data["models"] or []):
-            name = _model_name(m, f"{origin}: models[{i}]")
-            if name == base:
+        names = []
+        for i, m in enumerate(data["models"]):
+            where = f"{origin}: models[{i}]"
+            if isinstance(m, dict):
+                _warn_unknown(m, {"model", "parameters"}, where)
+            name = _model_name(m, where)
+            names.append(name)
+            if name == base and method != "linear":
                 continue  # mergekit adds the base itself; its parameters are unused
             params = _params(m.get("parameters") if isinstance(m, dict) else None,
-                             f"{origin}: models[{i}].parameters", method)
+                             f"{where}.parameters", method)
             sources.append({"model": name, "parameters": params})
+        if method == "linear" and base is not None and base not in names:
+            sources.append({"model": base})  # mergekit merges it too, at the global weight
         out["sources"] = sources
-    elif "slices" in data:
+    elif data.get("slices"):
         out.update(_from_slices(data["slices"], base, origin, method))
     else:
         raise RecipeError(f"{origin}: needs models: or slices:")
     if method == "slerp" and base is None:
         raise RecipeError(f"{origin}: base_model: slerp needs a base model in mergekit configs")
+    first = base or next((s["model"] for s in out["sources"]), None)
+    native = source_dtype(first) if source_dtype is not None and first else None
+    if compute in ("float16", "bfloat16"):
+        if match_precision or method not in ("linear", "slerp") or native != compute:
+            out["compute_dtype"] = _precision(method, compute, out["dtype"], f"{origin}: dtype",
+                                              match_precision, False)
+        # else: linear / SLERP arithmetic is float32 in both, from the same 16-bit inputs
+    elif compute is None and native in ("float16", "bfloat16"):
+        out["compute_dtype"] = _precision(method, native, stored or native,
+                                          f"{origin}: dtype (not set)", match_precision, True)
     return Recipe.from_dict({k: v for k, v in out.items() if v is not None}, origin)
+
+
+def _tokenizer_source(data: dict, origin: str) -> str | None:
+    """mergekit's `tokenizer_source:` or `tokenizer: {source: ...}` (whose default is union);
+    per-token embedding settings and vocabulary padding resize embeddings: refused."""
+    flat, block = data.get("tokenizer_source"), data.get("tokenizer")
+    if flat is not None and block is not None:
+        raise RecipeError(f"{origin}: give either tokenizer_source: or tokenizer:, not both")
+    if block is None:
+        return None if flat is None else _tokenizer_ref(flat, f"{origin}: tokenizer_source")
+    if not isinstance(block, dict):
+        raise RecipeError(f"{origin}: tokenizer: expected a mapping")
+    _warn_unknown(block, {"source", "tokens", "pad_to_multiple_of"}, f"{origin}: tokenizer")
+    for key in ("tokens", "pad_to_multiple_of"):
+        if block.get(key):
+            raise RecipeError(f"{origin}: tokenizer.{key}: not supported (it changes the "
+                              "embedding rows, which evomerge leaves as they are)")
+    return _tokenizer_ref(block.get("source", "union"), f"{origin}: tokenizer.source")
+
+
+def _tokenizer_ref(value: Any, where: str) -> str:
+    return value if value in TOKENIZER_KEYWORDS else _model_name(value, where)
 
 
 def _from_slices(slices: Any, base: str | None, origin: str, method: str) -> dict[str, Any]:
     if not isinstance(slices, list) or not slices:
         raise RecipeError(f"{origin}: slices: expected a non-empty list")
+    if method == "linear":
+        raise RecipeError(f"{origin}: slices: linear merges are read in the models: form only")
     order: list[str] | None = None
     rec_slices = []
     end = 0
@@ -107,6 +259,15 @@ def _from_slices(slices: Any, base: str | None, origin: str, method: str) -> dic
         srcs = sl.get("sources") if isinstance(sl, dict) else None
         if not srcs:
             raise RecipeError(f"{where}.sources: missing")
+        _warn_unknown(sl, {"sources", "base_model", "residual_weight", "parameters"}, where)
+        if sl.get("residual_weight") is not None:
+            raise RecipeError(f"{where}.residual_weight: not supported")
+        if sl.get("base_model") is not None and _model_name(sl["base_model"],
+                                                            f"{where}.base_model") != base:
+            raise RecipeError(f"{where}.base_model: a per-slice base model is not supported")
+        for j, s in enumerate(srcs):
+            if isinstance(s, dict):
+                _warn_unknown(s, {"model", "layer_range", "parameters"}, f"{where}.sources[{j}]")
         ranges = {tuple(s.get("layer_range", ())) for s in srcs}
         if len(ranges) != 1:
             raise RecipeError(
@@ -151,7 +312,9 @@ def _to_mergekit_value(value: Any, num_layers: int | None, where: str) -> Any:
             if f == "other":
                 raise RecipeError(f"{where}: tensor kind 'other' has no mergekit filter")
             cond = {"value": _to_mergekit_value(c["value"], num_layers, where)}
-            if f is not None:
+            if f is not None and f.startswith(NAME_FILTER_PREFIX):
+                cond = {"filter": f[len(NAME_FILTER_PREFIX):], **cond}
+            elif f is not None:
                 cond = {"filter": MERGEKIT_FILTER_FOR_KIND.get(f, f), **cond}
             conds.append(cond)
         return conds
@@ -181,10 +344,15 @@ def _to_mergekit_value(value: Any, num_layers: int | None, where: str) -> Any:
     raise RecipeError(f"{where}: cannot export value {value!r}")
 
 
-def recipe_to_mergekit(recipe: Recipe, num_layers: int | None = None) -> dict[str, Any]:
-    """A mergekit config for a parameter-space recipe."""
+def recipe_to_mergekit(recipe: Recipe, num_layers: int | None = None,
+                       source_dtype: str | None = None) -> dict[str, Any]:
+    """A mergekit config for a parameter-space recipe, precision included: mergekit computes
+    in its `dtype`, so ours (float32 unless `compute_dtype` says otherwise) goes there and the
+    stored dtype (the recipe's, else the sources' `source_dtype`) in `out_dtype`."""
     if recipe.route is not None:
         raise RecipeError("route: layer-route recipes are not exported as parameter merges")
+    if recipe.method == "linear" and recipe.base:
+        recipe = recipe.model_copy(update={"base": None})  # our linear leaves the base out
 
     def conv(params: dict[str, Any], where: str) -> dict[str, Any]:
         return {k: _to_mergekit_value(v, num_layers, f"{where}.{k}") for k, v in params.items()}
@@ -223,8 +391,45 @@ def recipe_to_mergekit(recipe: Recipe, num_layers: int | None = None) -> dict[st
                 entry["parameters"] = conv(s.parameters, f"sources[{j}].parameters")
             models.append(entry)
         out["models"] = models
-    if recipe.dtype:
-        out["dtype"] = recipe.dtype
+    out["dtype"] = recipe.compute_dtype or "float32"
+    stored = recipe.dtype or source_dtype
+    if stored and stored != out["dtype"]:
+        out["out_dtype"] = stored
     if recipe.tokenizer_source:
         out["tokenizer_source"] = recipe.tokenizer_source
+    if recipe.chat_template:
+        out["chat_template"] = recipe.chat_template
     return out
+
+
+def model_config(recipe: Recipe) -> dict[str, Any]:
+    """config.json of the first model of the recipe found on this machine ({} if none), for
+    what the recipe does not say: the layer count and the sources' dtype."""
+    from evomerge.models.refs import SourceError, resolve_model_ref
+
+    for ref in recipe.model_refs():
+        try:
+            cfg = resolve_model_ref(ref) / "config.json"
+            if cfg.exists():
+                return json.loads(cfg.read_text())
+        except (SourceError, OSError, ValueError):
+            continue
+    return {}
+
+
+def config_dtype(config: dict[str, Any]) -> str | None:
+    name = config.get("dtype") or config.get("torch_dtype")
+    return _DTYPES.get(str(name).removeprefix("torch.")) if name else None
+
+
+def portable_mergekit(recipe: Recipe, relative_to: Path | None = None) -> dict[str, Any]:
+    """The recipe as a mergekit config with portable model references (`Recipe.portable`);
+    the layer count and the sources' dtype come from the models' config.json."""
+    cfg = model_config(recipe)
+    layers = cfg.get("num_hidden_layers")
+    return recipe_to_mergekit(recipe.portable(relative_to),
+                              layers if isinstance(layers, int) else None, config_dtype(cfg))
+
+
+def mergekit_text(recipe: Recipe, relative_to: Path | None = None) -> str:
+    return yaml.safe_dump(portable_mergekit(recipe, relative_to), sort_keys=False)

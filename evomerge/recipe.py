@@ -29,7 +29,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 METHODS = (
     "linear",
@@ -78,6 +86,8 @@ SHARED_PARAMS: dict[str, dict[str, float | bool]] = {
     "slerp": {"t": 0.5},
 }
 NEEDS_BASE = {m for m in METHODS if m not in ("linear", "slerp")}
+# tokenizer_source values that name no model (mergekit's)
+TOKENIZER_KEYWORDS = ("base", "union")
 
 
 class RecipeError(ValueError):
@@ -161,12 +171,31 @@ def _check_value(value: Any, where: str) -> None:
     raise ValueError(f"{where}: unsupported value {value!r}")
 
 
+# A filter with this prefix is a plain substring of the tensor name even when it spells a
+# tensor kind (mergekit's `filter: attention` matches post_attention_layernorm, not self_attn).
+NAME_FILTER_PREFIX = "name:"
+
+
 def _filter_matches(filt: str | None, site: TensorSite) -> bool:
     if filt is None or filt == "*":
         return True
+    if filt.startswith(NAME_FILTER_PREFIX):
+        return filt[len(NAME_FILTER_PREFIX):] in site.name
     if filt in TENSOR_KINDS:
         return site.kind == filt
     return filt in site.name
+
+
+def chat_template_kind(template: str) -> str:
+    """'auto', 'name' (one of mergekit's built-in templates) or 'jinja', by mergekit 0.1.5's
+    rules; anything else is refused."""
+    if template == "auto":
+        return "auto"
+    if len(template) < 256 and "\n" not in template and "{" not in template:
+        return "name"
+    if len(template) < 20 or "{" not in template:
+        raise ValueError(f"{template[:40]!r} is neither a template name nor a Jinja template")
+    return "jinja"
 
 
 def evaluate_value(value: Any, site: TensorSite) -> Any:
@@ -265,10 +294,21 @@ class Recipe(BaseModel):
     base: str | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
     dtype: DType | None = None
+    # None: merge in float32 (evomerge's way). float16 / bfloat16: round the inputs to it and
+    # run mergekit's arithmetic step by step in it, to give the weights mergekit gives for a
+    # config with that `dtype` (see evomerge.merge.mergekit_precision).
+    compute_dtype: DType | None = None
     seed: int = 0
+    # "base" (the base model, else the first source), "union" or a model: that tokenizer is
+    # written, once every model is checked to share its vocabulary (then mergekit leaves the
+    # embeddings as they are; evomerge builds no merged vocabulary and refuses otherwise)
     tokenizer_source: str | None = None
+    # "auto", a mergekit built-in template name (chatml, alpaca, ...) or a Jinja template
+    chat_template: str | None = None
     route: list[RouteHop] | None = None
     slices: list[LayerSlice] | None = None
+    # model references as the recipe file wrote them (resolved ref → written), for outputs
+    _written: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @field_validator("parameters")
     @classmethod
@@ -276,6 +316,13 @@ class Recipe(BaseModel):
         for name, value in params.items():
             _check_value(value, name)
         return params
+
+    @field_validator("chat_template")
+    @classmethod
+    def _check_chat_template(cls, value: str | None) -> str | None:
+        if value is not None:
+            chat_template_kind(value)
+        return value
 
     @model_validator(mode="after")
     def _check_method(self) -> Recipe:
@@ -333,6 +380,11 @@ class Recipe(BaseModel):
                             f"slices[{i}].parameters.{name}: not a parameter of method "
                             f"{self.method!r}"
                         )
+        if self.compute_dtype not in (None, "float32") and self.method.startswith("dare"):
+            raise ValueError(
+                f"compute_dtype: {self.compute_dtype} reproduces mergekit's arithmetic, but "
+                f"{self.method}'s random drops never match mergekit's; leave it out"
+            )
         if self.route is not None:
             for i, hop in enumerate(self.route):
                 if hop.source >= len(self.sources):
@@ -392,6 +444,34 @@ class Recipe(BaseModel):
                     return value
         return SHARED_PARAMS[self.method][name]
 
+    # --- references -----------------------------------------------------------------------
+    def model_refs(self) -> list[str]:
+        """Every model reference: base, sources, tokenizer source (when it names a model)."""
+        refs = ([self.base] if self.base else []) + [s.model for s in self.sources]
+        if self.tokenizer_source and self.tokenizer_source not in TOKENIZER_KEYWORDS:
+            refs.append(self.tokenizer_source)
+        return refs
+
+    def written_ref(self, ref: str) -> str | None:
+        """How the recipe file wrote `ref`, when it was read from one."""
+        return self._written.get(ref)
+
+    def portable(self, relative_to: Path | None = None) -> Recipe:
+        """This recipe with references another machine can use: local directories relative
+        to `relative_to` (when given; else as the recipe file wrote them), hub ids pinned to
+        the revision found in the local cache."""
+        from evomerge.models.refs import portable_ref
+
+        def conv(ref: str) -> str:
+            return portable_ref(ref, self._written.get(ref), relative_to)
+
+        tok = self.tokenizer_source
+        return self.model_copy(update={
+            "sources": [s.model_copy(update={"model": conv(s.model)}) for s in self.sources],
+            "base": conv(self.base) if self.base else None,
+            "tokenizer_source": conv(tok) if tok and tok not in TOKENIZER_KEYWORDS else tok,
+        })
+
     # --- serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True, exclude_defaults=False)
@@ -436,8 +516,12 @@ def is_mergekit_config(data: Any) -> bool:
     return isinstance(data, dict) and "merge_method" in data
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read a recipe file: our own format or a mergekit YAML config (detected by its keys)."""
+def load_recipe(path: str | Path, match_mergekit_precision: bool = False) -> Recipe:
+    """Read a recipe file: our own format or a mergekit YAML config (detected by its keys).
+
+    Local paths are resolved (see `_relative_to`); how the file wrote each reference is kept
+    for outputs (`Recipe.portable`). `match_mergekit_precision`: a mergekit config whose
+    `dtype` is below float32 is merged at that precision, as mergekit does."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -450,20 +534,43 @@ def load_recipe(path: str | Path) -> Recipe:
     if is_mergekit_config(data):
         from evomerge.mergekit_yaml import recipe_from_mergekit
 
-        recipe = recipe_from_mergekit(data, origin=str(path))
+        recipe = recipe_from_mergekit(data, origin=str(path),
+                                      match_precision=match_mergekit_precision,
+                                      source_dtype=lambda ref: _declared_dtype(path, ref))
     else:
+        if match_mergekit_precision:
+            raise RecipeError(f"{path}: --match-mergekit-precision applies to mergekit configs; "
+                              "an evomerge recipe says `compute_dtype:` instead")
         recipe = Recipe.from_dict(data, origin=str(path))
-    return recipe.model_copy(
+    written: dict[str, str] = {}
+
+    def resolve(ref: str) -> str:
+        resolved = _relative_to(path, ref)
+        written[resolved] = ref
+        return resolved
+
+    tok = recipe.tokenizer_source
+    out = recipe.model_copy(
         update={
-            "sources": [
-                s.model_copy(update={"model": _relative_to(path, s.model)}) for s in recipe.sources
-            ],
-            "base": _relative_to(path, recipe.base) if recipe.base else None,
-            "tokenizer_source": (
-                _relative_to(path, recipe.tokenizer_source) if recipe.tokenizer_source else None
-            ),
+            "sources": [s.model_copy(update={"model": resolve(s.model)}) for s in recipe.sources],
+            "base": resolve(recipe.base) if recipe.base else None,
+            "tokenizer_source": resolve(tok) if tok and tok not in TOKENIZER_KEYWORDS else tok,
         }
     )
+    out._written = written
+    return out
+
+
+def _declared_dtype(recipe_path: Path, ref: str) -> str | None:
+    """The dtype a model's config.json declares (no download), None when unknown."""
+    from evomerge.mergekit_yaml import config_dtype
+    from evomerge.models.refs import SourceError, resolve_model_ref
+
+    try:
+        cfg = resolve_model_ref(_relative_to(recipe_path, ref)) / "config.json"
+        return config_dtype(json.loads(cfg.read_text()))
+    except (SourceError, OSError, ValueError):
+        return None
 
 
 def _relative_to(recipe_path: Path, ref: str) -> str:

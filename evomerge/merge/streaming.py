@@ -161,6 +161,9 @@ def merge_to_directory(recipe: Recipe, out_dir: str | Path, options: MergeOption
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         check_compatible(models)
+        from evomerge.merge.tokenizer import plan_tokenizer
+
+        tokenizer = plan_tokenizer(recipe, base, sources, options.allow_download)
         ref = models[0]
         num_layers = count_layers(list(ref.entries), ref.config)
         out_dtype = _TORCH_DTYPES[recipe.dtype] if recipe.dtype else None
@@ -174,7 +177,8 @@ def merge_to_directory(recipe: Recipe, out_dir: str | Path, options: MergeOption
         shards = plan_shards(items, options.shard_size)
         tmp.mkdir(parents=True)
         written = _write_shards(recipe, base, sources, shards, tmp, num_layers, options)
-        _write_metadata(recipe, ref, shards, tmp, out_dtype, options)
+        _write_metadata(recipe, ref, shards, tmp, out_dtype, options, out_dir)
+        tokenizer.write(tmp)
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -285,7 +289,8 @@ def _progress(total: int, enabled: bool):
 
 
 def _write_metadata(recipe: Recipe, ref: SourceModel, shards, tmp: Path,
-                    out_dtype: torch.dtype | None, options: MergeOptions) -> None:
+                    out_dtype: torch.dtype | None, options: MergeOptions, out_dir: Path) -> None:
+    """Index, config, recipe and model card; written references are portable ones."""
     names = _shard_names(len(shards))
     if len(shards) > 1:
         weight_map = {item[0]: fname for fname, shard in zip(names, shards, strict=True)
@@ -303,37 +308,40 @@ def _write_metadata(recipe: Recipe, ref: SourceModel, shards, tmp: Path,
             for k in keys:
                 config[k] = dname
         config["evomerge_recipe_digest"] = recipe.digest()
+        if Path(str(config.get("_name_or_path", ""))).is_absolute():
+            config["_name_or_path"] = ""  # a path of the machine that saved the source
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    tok_dir = _tokenizer_dir(recipe, ref, options)
-    for fname in TOKENIZER_FILES:
-        src = tok_dir / fname
-        if src.exists():
-            shutil.copyfile(src, tmp / fname)
-    (tmp / "evomerge_recipe.yaml").write_text(recipe.to_yaml())
-    (tmp / "README.md").write_text(model_card(recipe))
+    (tmp / "evomerge_recipe.yaml").write_text(recipe.portable(out_dir).to_yaml())
+    (tmp / "README.md").write_text(model_card(recipe, out_dir))
     for name, text in (options.extra_files or {}).items():
         (tmp / name).write_text(text)
 
 
-def _tokenizer_dir(recipe: Recipe, ref: SourceModel, options: MergeOptions) -> Path:
-    if recipe.tokenizer_source:
-        from evomerge.models.source import resolve_model_ref
+def model_card(recipe: Recipe, out_dir: Path | None = None) -> str:
+    """README.md of a merged model. Sources appear as the recipe file named them (hub ids
+    with the cached revision they were read from); the recipe itself with local paths
+    relative to `out_dir`, so nothing names a folder of the machine that merged."""
+    from evomerge.models.refs import hub_pin, portable_ref, split_revision
 
-        try:
-            return resolve_model_ref(recipe.tokenizer_source, options.allow_download)
-        except SourceError as exc:
-            raise MergeError(f"tokenizer_source: {exc}") from None
-    return ref.path
+    def describe(ref: str) -> str:
+        written = recipe.written_ref(ref)
+        if written is None or Path(written).expanduser().is_absolute():
+            written = portable_ref(ref, None, out_dir)
+        pin = hub_pin(ref)
+        if pin is None:
+            return f"`{written}`"
+        repo, revision = split_revision(pin)
+        return f"`{written}` (Hugging Face hub `{repo}`, revision `{revision}`)"
 
-
-def model_card(recipe: Recipe) -> str:
-    sources = "\n".join(f"- `{s.model}`" for s in recipe.sources)
-    base = f"`{recipe.base}`" if recipe.base else "none"
+    sources = "\n".join(f"- {describe(s.model)}" for s in recipe.sources)
+    base = describe(recipe.base) if recipe.base else "none"
+    where = " (local paths relative to this directory)" if out_dir is not None else ""
     return (
         "---\nlibrary_name: transformers\ntags:\n- merge\n- evomerge\n---\n"
         f"# Merged model\n\nBuilt by evomerge with method `{recipe.method}`.\n\n"
         f"Base model: {base}\n\nSources:\n{sources}\n\n"
-        f"Recipe digest: `{recipe.digest()}`\n\n## Recipe\n\n```yaml\n{recipe.to_yaml()}```\n"
+        f"Recipe digest: `{recipe.digest()}`\n\n## Recipe{where}\n\n"
+        f"```yaml\n{recipe.portable(out_dir).to_yaml()}```\n"
     )
 
 

@@ -29,7 +29,12 @@ def merge_tensor(recipe: Recipe, site: TensorSite, base: torch.Tensor | None,
     """Merge one tensor's inputs (any float dtype) in float32; returns `out_dtype`.
 
     `cache` (in-place candidates only) supplies selections computed once per source; the
-    result is bit-identical with or without it."""
+    result is bit-identical with or without it. A recipe with a 16-bit `compute_dtype` is
+    merged as mergekit merges at that precision instead (see mergekit_precision)."""
+    if recipe.compute_dtype not in (None, "float32"):
+        from evomerge.merge.mergekit_precision import merge_tensor_like_mergekit
+
+        return merge_tensor_like_mergekit(recipe, site, base, sources, out_dtype)
     m = recipe.method
     k = range(len(sources))
     if m == "slerp":

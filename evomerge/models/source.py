@@ -1,4 +1,5 @@
-"""Opening a source model: a local directory or a Hugging Face repo id from the local cache.
+"""Opening a source model: a local directory or a Hugging Face repo id from the local cache
+(references are resolved by `evomerge.models.refs`).
 
 A SourceModel knows every tensor's file, dtype and shape from the headers alone, and reads a
 tensor only when asked. Pickled checkpoints (`.bin`, `.pt`) are refused unless explicitly
@@ -13,39 +14,12 @@ from pathlib import Path
 
 import torch
 
+from evomerge.models.refs import SourceError, resolve_model_ref
 from evomerge.models.safetensors_io import SafetensorsError, SafetensorsFile, TensorEntry
 
+__all__ = ["SourceError", "SourceModel", "resolve_model_ref"]
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-
-
-class SourceError(ValueError):
-    """A source model that cannot be opened or does not fit the merge."""
-
-
-def resolve_model_ref(ref: str, allow_download: bool = False) -> Path:
-    """A local directory as is; otherwise a hub repo id looked up in the local HF cache,
-    downloaded only when `allow_download` is set (and the network allows)."""
-    p = Path(ref).expanduser()
-    if p.is_dir():
-        return p
-    if p.exists():
-        raise SourceError(f"{ref}: is a file; a source must be a model directory")
-    if ref.startswith((".", "/", "~")) or ref.count("/") != 1:
-        raise SourceError(f"{ref}: no such model directory")
-    try:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
-    except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
-        raise SourceError(f"{ref}: not a local directory and huggingface_hub is missing") from None
-    try:
-        return Path(snapshot_download(ref, local_files_only=not allow_download))
-    except LocalEntryNotFoundError:
-        raise SourceError(
-            f"{ref}: not a local directory and not in the local Hugging Face cache "
-            "(pass --allow-download to fetch it)"
-        ) from None
-    except Exception as exc:  # network errors, unknown repo, gated repo
-        raise SourceError(f"{ref}: could not resolve as a Hugging Face repo: {exc}") from None
 
 
 @dataclass
