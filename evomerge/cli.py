@@ -24,6 +24,21 @@ class ExportFormat(str, Enum):
     evomerge = "evomerge"
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"evomerge {version('evomerge')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True,
+        help="Print the version and exit.")] = False) -> None:
+    """evomerge: search for model-merge recipes by evolution, and build merged models."""
+
+
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
@@ -115,6 +130,46 @@ def _layer_count(rec) -> int | None:
     return None
 
 
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress line (errors and the "
+                                                             "final summary still print).")]
+
+
+def _run_search(make_run) -> None:
+    """Run a search made by `make_run()`: progress on stderr, a summary at the end, and on
+    Ctrl-C what was saved and the exact command that continues it."""
+    from evomerge.progress import Progress
+    from evomerge.run import ConfigError, RunError
+
+    run = None
+    try:
+        run, progress = make_run()
+        state = run.run(progress=progress)
+    except (ConfigError, RunError) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        if run is None or run.state is None:
+            typer.echo("\ninterrupted before the search started; nothing was written", err=True)
+        else:
+            typer.echo(f"\ninterrupted: {run.state.trials}/{run.cfg.budget} trials are saved "
+                       f"in {run.dir / 'trials.jsonl'} (an evaluation in flight is redone)\n"
+                       f"continue with: evomerge resume {_quote(run.dir)}", err=True)
+        raise typer.Exit(130) from None
+    assert isinstance(progress, Progress)
+    best = state.best
+    summary = f"{state.trials}/{run.cfg.budget} trials in {run.dir}"
+    if best:
+        summary += f"; best trial {best['trial']}: " + ", ".join(
+            f"{k} {v:.4g}" for k, v in best["objectives"].items())
+    typer.echo(summary)
+    typer.echo(f"see: evomerge report {_quote(run.dir)}")
+
+
+def _quote(path: Path) -> str:
+    import shlex
+
+    return shlex.quote(str(path))
+
+
 @app.command()
 def search(
     config: Annotated[Path, typer.Argument(help="Search config YAML (see configs/).")],
@@ -123,34 +178,28 @@ def search(
     budget: Annotated[int | None, typer.Option(help="Evaluations (overrides the config).")]
     = None,
     seed: Annotated[int | None, typer.Option(help="Seed (overrides the config).")] = None,
-    progress: Annotated[bool, typer.Option(help="Print progress every 1000 trials.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Run a search to its budget, logging every trial and checkpointing as it goes."""
-    from evomerge.run import ConfigError, RunError, SearchRun
+    from evomerge.progress import Progress
+    from evomerge.run import SearchRun
 
-    try:
-        run = SearchRun.create(config, run_dir, budget=budget, seed=seed)
-        state = run.run(progress=progress)
-    except (ConfigError, RunError) as exc:
-        _fail(str(exc))
-    typer.echo(f"{state.trials}/{run.cfg.budget} trials in {run.dir}; best {state.best}")
+    _run_search(lambda: (SearchRun.create(config, run_dir, budget=budget, seed=seed),
+                         Progress("quiet" if quiet else None)))
 
 
 @app.command()
 def resume(
     run_dir: Annotated[Path, typer.Argument(help="Run directory to continue.")],
     budget: Annotated[int | None, typer.Option(help="A larger budget than the run's.")] = None,
-    progress: Annotated[bool, typer.Option(help="Print progress every 1000 trials.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Continue an interrupted run; evaluations already logged are not repeated."""
-    from evomerge.run import ConfigError, RunError, SearchRun
+    from evomerge.progress import Progress
+    from evomerge.run import SearchRun
 
-    try:
-        run = SearchRun.open(run_dir, budget=budget)
-        state = run.run(progress=progress)
-    except (ConfigError, RunError) as exc:
-        _fail(str(exc))
-    typer.echo(f"{state.trials}/{run.cfg.budget} trials in {run.dir}; best {state.best}")
+    _run_search(lambda: (SearchRun.open(run_dir, budget=budget),
+                         Progress("quiet" if quiet else None)))
 
 
 @app.command("report")
@@ -158,27 +207,18 @@ def report_cmd(
     run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Summarise a run: trials, budget, best (search and held-out scores) and the front."""
+    """Summarise a run: trials, budget, the Pareto front and the best trial, with search and
+    held-out scores."""
     import json
 
+    from evomerge.report_view import format_report
     from evomerge.run import ConfigError, RunError, report
 
     try:
         data = report(run_dir)
     except (ConfigError, RunError) as exc:
         _fail(str(exc))
-    if as_json:
-        typer.echo(json.dumps(data, indent=2))
-        return
-    typer.echo(f"{data['name']} ({data['controller']}): {data['trials']}/{data['budget']} "
-               f"trials, {data['failed']} failed, {data['cache_hits']} repeated recipes "
-               "answered from the cache")
-    for entry in data["front"]:
-        typer.echo(f"front: trial {entry['trial']} search {entry['objectives']} "
-                   f"held-out {entry['heldout']}")
-    if data["best"]:
-        b = data["best"]
-        typer.echo(f"best: trial {b['trial']} search {b['objectives']} held-out {b['heldout']}")
+    typer.echo(json.dumps(data, indent=2) if as_json else format_report(data))
 
 
 @app.command()

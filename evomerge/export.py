@@ -37,7 +37,7 @@ def choose_trials(run: SearchRun, trial: int | None, best: bool, front: bool
                   ) -> list[dict[str, Any]]:
     if run.cfg.task.kind != "merge":
         raise RunError(f"{run.dir}: a {run.cfg.task.kind} run has no merged models to export")
-    lines = [x for x in run._read_log() if x["status"] == "ok"]
+    lines = [x for x in run.read_log() if x["status"] == "ok"]
     if not lines:
         raise RunError(f"{run.trials_path}: no successful trial to export yet")
     objectives, reference = task_objectives(run.cfg)

@@ -121,20 +121,36 @@ class TensorSite:
         return self.layer / max(self.num_layers, 1)
 
 
-def _check_value(value: Any, where: str) -> None:
-    """Validate a parameter value's shape; raise ValueError naming `where`."""
+# Parameters whose every value must lie in a range: a density of 1.5 or -0.5 is a typo that
+# the methods would otherwise treat silently as 1 or 0.
+PARAM_RANGES: dict[str, tuple[float, float]] = {"density": (0.0, 1.0), "gamma": (0.0, 1.0),
+                                                "t": (0.0, 1.0)}
+
+
+def _check_param(name: str, value: Any, where: str) -> None:
+    _check_value(value, where, name if name in PARAM_RANGES else None)
+
+
+def _check_value(value: Any, where: str, ranged: str | None = None) -> None:
+    """Validate a parameter value's shape (and range, for the `ranged` parameter); raise
+    ValueError naming `where`."""
     if isinstance(value, bool):
         return
     if isinstance(value, (int, float)):
         if not math.isfinite(value):
             raise ValueError(f"{where}: must be finite, got {value}")
+        if ranged is not None:
+            lo, hi = PARAM_RANGES[ranged]
+            if not lo <= value <= hi:
+                raise ValueError(f"{where}: {value} is outside [{lo:g}, {hi:g}], the range of "
+                                 f"{ranged}")
         return
     if isinstance(value, list):
         if not value:
             raise ValueError(f"{where}: empty list")
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             for i, v in enumerate(value):
-                _check_value(v, f"{where}[{i}]")
+                _check_value(v, f"{where}[{i}]", ranged)
             return
         for i, cond in enumerate(value):
             if not isinstance(cond, dict) or "value" not in cond:
@@ -147,7 +163,7 @@ def _check_value(value: Any, where: str) -> None:
                 raise ValueError(f"{where}[{i}]: unknown keys {sorted(extra)}")
             if cond.get("filter") is not None and not isinstance(cond["filter"], str):
                 raise ValueError(f"{where}[{i}].filter: must be a string")
-            _check_value(cond["value"], f"{where}[{i}].value")
+            _check_value(cond["value"], f"{where}[{i}].value", ranged)
         return
     if isinstance(value, dict):
         if set(value) == {"groups"}:
@@ -157,7 +173,7 @@ def _check_value(value: Any, where: str) -> None:
             for i, v in enumerate(groups):
                 if not isinstance(v, (int, float)) or isinstance(v, bool):
                     raise ValueError(f"{where}.groups[{i}]: expected a number")
-                _check_value(v, f"{where}.groups[{i}]")
+                _check_value(v, f"{where}.groups[{i}]", ranged)
             return
         unknown = set(value) - _KIND_KEYS
         if unknown:
@@ -166,7 +182,7 @@ def _check_value(value: Any, where: str) -> None:
                 f"use {sorted(_KIND_KEYS)} or {{groups: [...]}}"
             )
         for k, v in value.items():
-            _check_value(v, f"{where}.{k}")
+            _check_value(v, f"{where}.{k}", ranged)
         return
     raise ValueError(f"{where}: unsupported value {value!r}")
 
@@ -238,7 +254,7 @@ class Source(BaseModel):
     @classmethod
     def _check_params(cls, params: dict[str, Any]) -> dict[str, Any]:
         for name, value in params.items():
-            _check_value(value, name)
+            _check_param(name, value, name)
         return params
 
 
@@ -270,10 +286,10 @@ class LayerSlice(BaseModel):
         if not 0 <= self.layers[0] < self.layers[1]:
             raise ValueError(f"layers: {list(self.layers)} is not a half-open range [start, end)")
         for name, value in self.parameters.items():
-            _check_value(value, f"parameters.{name}")
+            _check_param(name, value, f"parameters.{name}")
         for i, params in enumerate(self.source_parameters):
             for name, value in params.items():
-                _check_value(value, f"source_parameters[{i}].{name}")
+                _check_param(name, value, f"source_parameters[{i}].{name}")
         return self
 
     def localise(self, site: TensorSite) -> TensorSite:
@@ -314,7 +330,7 @@ class Recipe(BaseModel):
     @classmethod
     def _check_params(cls, params: dict[str, Any]) -> dict[str, Any]:
         for name, value in params.items():
-            _check_value(value, name)
+            _check_param(name, value, name)
         return params
 
     @field_validator("chat_template")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
 import pickle
 import time
@@ -25,10 +26,13 @@ import numpy as np
 
 from evomerge.archive import Objective, ParetoArchive
 from evomerge.atomic import write_bytes_atomic, write_text_atomic
+from evomerge.progress import Progress
 from evomerge.search.protocol import Candidate, Controller, Result
-from evomerge.search_config import ConfigError, SearchConfig, load_config
+from evomerge.search_config import HIGH_DIMENSION, ConfigError, SearchConfig, load_config
 from evomerge.tasks.base import ControllerSetup, Task, build_task, task_objectives
 from evomerge.workers.base import Executor, Job, Outcome
+
+log = logging.getLogger(__name__)
 
 
 class RunError(ValueError):
@@ -74,9 +78,12 @@ def genome_digest(genome: np.ndarray) -> str:
 
 # --- building the pieces from the config ---------------------------------------------------
 def build_controller(cfg: SearchConfig, objectives: list[tuple[str, str]],
-                     setup: ControllerSetup) -> Controller:
+                     setup: ControllerSetup, origin: str = "<config>") -> Controller:
+    """The controller the config names, after the checks that keep a default from costing
+    hours or gigabytes (`check_dimension`)."""
     c = cfg.controller
     x0 = np.asarray(setup.x0, dtype=np.float64)
+    separable = check_dimension(cfg, len(x0), origin)
     if c.kind == "m2n2":
         from evomerge.search.m2n2 import M2N2, M2N2Settings
 
@@ -88,9 +95,12 @@ def build_controller(cfg: SearchConfig, objectives: list[tuple[str, str]],
     if c.kind == "cmaes":
         from evomerge.search.cmaes import CMAES, CMAESSettings
 
+        # separable because of the dimension: CSA, since pycma's own choice there (TPA)
+        # collapses the step size on accuracy plateaus (DESIGN §5)
+        step = "csa" if c.separable == "auto" and separable and c.step_size == "auto" \
+            else c.step_size
         settings = CMAESSettings(sigma0=c.sigma0 or 1 / 6, popsize=c.popsize,
-                                 separable=c.separable, restarts=c.restarts,
-                                 step_size=c.step_size)
+                                 separable=separable, restarts=c.restarts, step_size=step)
         return CMAES(x0, setup.lower, setup.upper, cfg.budget, settings, seed=cfg.seed)
     if c.kind == "random":
         from evomerge.search.random_search import RandomSearch
@@ -103,6 +113,42 @@ def build_controller(cfg: SearchConfig, objectives: list[tuple[str, str]],
     else:
         lo, hi = x0 - 3 * c.sigma, x0 + 3 * c.sigma
     return OptunaSearch(lo, hi, objectives, c.sampler, cfg.seed, x0)
+
+
+def full_cmaes_bytes(n: int) -> int:
+    """Memory of full-covariance pycma at n genes: C and B (n x n float64 each), and as much
+    again for the pickled snapshot a checkpoint holds."""
+    return 4 * n * n * 8
+
+
+def check_dimension(cfg: SearchConfig, n: int, origin: str) -> bool:
+    """Refuse (or adapt) controller settings that are unsafe at n genes, before anything
+    runs; returns whether CMA-ES is separable."""
+    c = cfg.controller
+    separable = c.separable if c.separable != "auto" else n > HIGH_DIMENSION
+    if c.kind == "cmaes" and not separable and n > HIGH_DIMENSION:
+        import psutil
+
+        need, free = full_cmaes_bytes(n), psutil.virtual_memory().available
+        if need > free // 2:
+            raise ConfigError(
+                f"{origin}: controller.separable: full-covariance CMA-ES on {n} genes needs "
+                f"~{need / 2**30:.1f} GiB (n x n matrices; the checkpoint holds half of it), "
+                f"and {free / 2**30:.1f} GiB is free; remove `separable: false` (separable "
+                f"above {HIGH_DIMENSION} genes) or search fewer genes")
+        log.warning("controller.separable: false on %d genes: CMA-ES keeps n x n matrices "
+                    "(~%.2f GiB, a checkpoint of ~%.2f GiB)", n, need / 2**30, need / 2**31)
+    if c.kind == "optuna" and n > HIGH_DIMENSION:
+        if not c.allow_high_dimension:
+            raise ConfigError(
+                f"{origin}: controller: Optuna's {c.sampler} sampler on {n} genes (more than "
+                f"{HIGH_DIMENSION}) keeps and models every trial's {n} values, so each trial "
+                f"costs more than the last and the checkpoint grows by ~{n * 50 / 2**20:.1f} "
+                "MiB per trial; use cmaes (separable at this size) or m2n2, or set "
+                "controller.allow_high_dimension: true to run it anyway")
+        log.warning("controller: Optuna on %d genes; the checkpoint grows by ~%.1f MiB per "
+                    "trial", n, n * 50 / 2**20)
+    return bool(separable)
 
 
 # --- the run -------------------------------------------------------------------------------
@@ -122,14 +168,23 @@ class RunState:
 
 
 class SearchRun:
-    """One run directory: create it, resume it, run it to its budget."""
+    """One run directory: create it, resume it, run it to its budget.
 
-    def __init__(self, run_dir: Path, cfg: SearchConfig, task: Task | None = None):
+    Nothing is written until the run is able to start: the task built, the controller built
+    and checked, the checkpoint loaded and the log checked against it. Only then is the
+    config (or a resume's new budget) frozen into `config.yaml`."""
+
+    def __init__(self, run_dir: Path, cfg: SearchConfig, task: Task | None = None,
+                 write_config: bool = False, origin: str | None = None):
         self.dir = Path(run_dir)
+        self.origin = origin or str(self.dir / "config.yaml")  # the file errors name
         self.cfg = cfg
         self.task = task
         self.trials_path = self.dir / "trials.jsonl"
         self.ckpt_path = self.dir / "checkpoint.pkl"
+        self.state_path = self.dir / "state.json"
+        self._write_config = write_config
+        self.state: RunState | None = None  # set once the run has started
 
     # --- opening -----------------------------------------------------------------------
     @classmethod
@@ -137,44 +192,39 @@ class SearchRun:
                seed: int | None = None) -> SearchRun:
         cfg = load_config(config_path, {"budget": budget, "seed": seed})
         run_dir = Path(run_dir)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise RunError(f"--run-dir: {run_dir} exists and is not a directory")
         if (run_dir / "config.yaml").exists():
-            existing = load_config(run_dir / "config.yaml")
+            existing = load_config(run_dir / "config.yaml", frozen=True)
             if existing.digest() != cfg.digest():
                 raise RunError(
                     f"{run_dir}: holds a run of a different config; use `evomerge resume "
                     f"{run_dir}` or another --run-dir")
             return cls.open(run_dir, budget=cfg.budget)
-        # Build (and so validate) the task before anything is written: a bad source, file or
-        # objective fails here, naming the config file and field, and leaves no run directory.
+        # Build (and so validate) the task first: a bad source, file or objective fails here,
+        # naming the config file and field, and leaves no run directory.
         task = build_task(cfg, str(config_path))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
-        return cls(run_dir, cfg, task)
+        return cls(run_dir, cfg, task, write_config=True, origin=str(config_path))
 
     @classmethod
     def open(cls, run_dir: str | Path, budget: int | None = None) -> SearchRun:
         run_dir = Path(run_dir)
         if not (run_dir / "config.yaml").exists():
             raise RunError(f"{run_dir}: not a run directory (no config.yaml)")
-        cfg = load_config(run_dir / "config.yaml")
+        cfg = load_config(run_dir / "config.yaml", frozen=True)
         run = cls(run_dir, cfg)
-        ckpt = run._load_checkpoint()
-        if ckpt is not None and ckpt["config_digest"] != cfg.digest():
-            raise RunError(
-                f"{run_dir / 'config.yaml'}: changed since the run started (only budget and "
-                "max_seconds may change on resume); restore it or start a new run")
         if budget is not None:
             if budget < cfg.budget:
                 raise RunError(f"--budget: {budget} is below the run's budget {cfg.budget}")
-            if budget != cfg.budget:
-                cfg = cfg.model_copy(update={"budget": budget})
-                write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
-                run.cfg = cfg
+            if budget != cfg.budget:  # frozen once the run is able to continue
+                run.cfg = cfg.model_copy(update={"budget": budget})
+                run._write_config = True
         return run
 
     # --- log and checkpoint --------------------------------------------------------------
-    def _read_log(self) -> list[dict[str, Any]]:
-        """Trial lines; a torn last line (killed mid-write) is cut off the file."""
+    def read_log(self) -> list[dict[str, Any]]:
+        """Trial lines; a torn last line (killed mid-write) is cut off the file. Any other
+        line that is not a trial record is an error naming its line number."""
         if not self.trials_path.exists():
             return []
         raw = self.trials_path.read_bytes()
@@ -182,7 +232,23 @@ class SearchRun:
         if end != len(raw):
             with open(self.trials_path, "r+b") as f:
                 f.truncate(end)
-        return [json.loads(line) for line in raw[:end].splitlines() if line.strip()]
+        lines = []
+        for number, text in enumerate(raw[:end].splitlines(), start=1):
+            if not text.strip():
+                continue
+            try:
+                line = json.loads(text)
+                if not isinstance(line, dict) or not _TRIAL_KEYS <= set(line):
+                    raise ValueError(f"not a trial record (a trial line has the keys "
+                                     f"{sorted(_TRIAL_KEYS)})")
+            except ValueError as exc:
+                raise RunError(
+                    f"{self.trials_path}: line {number} is not a trial record ({exc}); the "
+                    "log is written only by evomerge, one JSON object per line, so it was "
+                    "edited or corrupted: restore it, or delete that line to evaluate that "
+                    "trial again on resume") from None
+            lines.append(line)
+        return lines
 
     def _load_checkpoint(self) -> dict[str, Any] | None:
         if not self.ckpt_path.exists():
@@ -191,6 +257,24 @@ class SearchRun:
             return pickle.loads(self.ckpt_path.read_bytes())
         except Exception as exc:
             raise RunError(f"{self.ckpt_path}: unreadable checkpoint ({exc})") from None
+
+    def read_state(self) -> dict[str, Any] | None:
+        """The small summary written beside each checkpoint (no controller state)."""
+        if not self.state_path.exists():
+            return None
+        try:
+            return json.loads(self.state_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise RunError(f"{self.state_path}: unreadable ({exc})") from None
+
+    def check_log(self, logged: int, checkpointed: int | None) -> None:
+        """The log must hold every trial the checkpoint counts."""
+        if checkpointed is not None and logged < checkpointed:
+            raise RunError(
+                f"{self.trials_path}: holds {logged} trial line(s) but the checkpoint "
+                f"records {checkpointed} finished trials: the log was truncated, replaced or "
+                "deleted. Restore it from a backup; without it the run cannot continue "
+                "exactly or report its front (start a new run with another --run-dir)")
 
     def _checkpoint(self, controller: Controller, state: RunState) -> None:
         blob = pickle.dumps({
@@ -202,23 +286,38 @@ class SearchRun:
             "timing": state.timing,
         })
         write_bytes_atomic(self.ckpt_path, blob)
+        write_text_atomic(self.state_path, json.dumps({
+            "trials": state.trials, "checkpoint_bytes": len(blob),
+            "timing": {"controller": state.timing.controller,
+                       "evaluation": state.timing.evaluation,
+                       "logging": state.timing.logging}}) + "\n")
 
     # --- the loop ----------------------------------------------------------------------
-    def run(self, stop_after: int | None = None, progress: bool = False,
+    def run(self, stop_after: int | None = None, progress: Progress | None = None,
             executor: Executor | None = None) -> RunState:
         """Run to the budget (or `stop_after` more trials); returns the final state."""
-        task = self.task or build_task(self.cfg, str(self.dir / "config.yaml"))
+        task = self.task or build_task(self.cfg, self.origin)
         self.task = task
         setup = task.controller_setup(self.cfg.controller.kind, self.cfg.controller.archive_size)
-        controller = build_controller(self.cfg, task.objectives, setup)
+        controller = build_controller(self.cfg, task.objectives, setup, self.origin)
         state = RunState()
         ckpt = self._load_checkpoint()
         if ckpt is not None:
+            if ckpt["config_digest"] != self.cfg.digest():
+                raise RunError(
+                    f"{self.dir / 'config.yaml'}: changed since the run started (only budget "
+                    "and max_seconds may change on resume); restore it or start a new run")
             controller.load_state_dict(ckpt["controller"])
             state = RunState(ckpt["trials"], ckpt["best"], ckpt["best_genome"], ckpt["timing"])
         if hasattr(controller, "budget"):
             controller.budget = self.cfg.budget
-        logged = self._read_log()
+        logged = self.read_log()
+        self.check_log(len(logged), state.trials if ckpt is not None else None)
+        if self._write_config:  # able to run: now the config (or new budget) is frozen
+            self.dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.dir / "config.yaml", self.cfg.to_yaml())
+            self._write_config = False
+        self.state = state
         replay = {line["id"]: line for line in logged[state.trials:]}
         archive = task.archive()
         cache: dict[str, dict[str, Any]] = {}
@@ -235,10 +334,14 @@ class SearchRun:
             from evomerge.workers.inline import InlineExecutor
 
             executor = InlineExecutor(task)
-        loop = _Loop(self, task, executor, archive, cache, state, sign, primary)
+        loop = _Loop(self, task, executor, archive, cache, state, sign, primary, progress)
+        for line in logged:
+            loop.note_best(line)
+        if progress is not None:
+            progress.start(state.trials, self.cfg.budget, primary)
         try:
-            with open(self.trials_path, "a", buffering=1) as log:
-                loop.log = log
+            with open(self.trials_path, "a", buffering=1) as log_file:
+                loop.log = log_file
                 while state.trials < self.cfg.budget:
                     if stop_after is not None and loop.done_here >= stop_after:
                         break
@@ -259,15 +362,19 @@ class SearchRun:
                     state.timing.controller += time.perf_counter() - t0
                     if state.trials % self.cfg.checkpoint_every < len(told) or \
                             state.trials >= self.cfg.budget:
-                        log.flush()
-                        os.fsync(log.fileno())
+                        log_file.flush()
+                        os.fsync(log_file.fileno())
                         self._checkpoint(controller, state)
-                    if progress and state.trials % 1000 == 0:
-                        print(f"{state.trials}/{self.cfg.budget} best {state.best}", flush=True)
         finally:
+            if progress is not None:
+                progress.close()
             if executor is not None:
                 executor.close()
         return state
+
+
+# what every line of trials.jsonl carries
+_TRIAL_KEYS = frozenset({"trial", "id", "status", "fitness", "objectives", "seconds"})
 
 
 class _Loop:
@@ -276,12 +383,20 @@ class _Loop:
 
     def __init__(self, run: SearchRun, task: Task, executor: Executor | None,
                  archive: ParetoArchive, cache: dict[str, dict[str, Any]], state: RunState,
-                 sign: float, primary: str):
+                 sign: float, primary: str, progress: Progress | None = None):
         self.run, self.task, self.executor = run, task, executor
         self.archive, self.cache, self.state = archive, cache, state
         self.sign, self.primary = sign, primary
+        self.progress = progress
+        self.best_primary: float | None = None  # search split, for the progress line
         self.done_here = 0
         self.log: Any = None
+
+    def note_best(self, line: dict[str, Any]) -> None:
+        value = (line.get("objectives") or {}).get(self.primary)
+        if line.get("status") == "ok" and value is not None and (
+                self.best_primary is None or self.sign * value > self.sign * self.best_primary):
+            self.best_primary = value
 
     def generation(self, cands: list[Candidate], replay: dict[int, dict[str, Any]]
                    ) -> list[tuple[Candidate, Result]]:
@@ -374,6 +489,10 @@ class _Loop:
                           "heldout": res.heldout}
             state.best_genome = cand.genome
         state.trials += 1
+        if fields is not None:
+            self.note_best({"status": res.status, "objectives": res.objectives})
+            if self.progress is not None:
+                self.progress.update(state.trials, self.best_primary)
         return line
 
 
@@ -403,8 +522,9 @@ def report(run_dir: str | Path) -> dict[str, Any]:
     """What a person (or a script) wants to know about a run: the front is rebuilt from the
     trial log, so the report is right even for a run that was killed."""
     run = SearchRun.open(run_dir)
-    lines = run._read_log()
-    ckpt = run._load_checkpoint()
+    lines = run.read_log()
+    saved = run.read_state()  # never the checkpoint: a controller's state can be gigabytes
+    run.check_log(len(lines), saved["trials"] if saved else None)
     objectives, reference = task_objectives(run.cfg)
     archive = ParetoArchive([Objective(n, d) for n, d in objectives], reference)
     by_trial = {}
@@ -414,7 +534,7 @@ def report(run_dir: str | Path) -> dict[str, Any]:
             by_trial[line["trial"]] = line
     front = [{"trial": e.trial_id, "objectives": e.values,
               "heldout": by_trial[e.trial_id].get("heldout")} for e in archive.front()]
-    timing = ckpt["timing"] if ckpt else Timing()
+    timing = Timing(**saved["timing"]) if saved else Timing()
     n = max(len(lines), 1)
     return {
         "run_dir": str(run.dir),

@@ -12,10 +12,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 from evomerge.evaluate.specs import EvaluatorSpec
-from evomerge.recipe import METHODS, TENSOR_KINDS, RecipeError, _describe
+from evomerge.recipe import METHODS, PARAM_RANGES, TENSOR_KINDS, RecipeError, _describe
 
 
 class ConfigError(ValueError):
@@ -59,6 +66,13 @@ class PSSpaceSpec(BaseModel):
     def _one_method(self) -> PSSpaceSpec:
         if (self.method is None) == (self.methods is None):
             raise ValueError("give exactly one of method or methods")
+        for name, (lo, hi) in self.ranges.items():
+            if lo > hi:
+                raise ValueError(f"ranges.{name}: [{lo}, {hi}] is empty (low above high)")
+            allowed = PARAM_RANGES.get(name)
+            if allowed and not allowed[0] <= lo <= hi <= allowed[1]:
+                raise ValueError(f"ranges.{name}: [{lo}, {hi}] leaves [{allowed[0]:g}, "
+                                 f"{allowed[1]:g}], the range of {name}")
         return self
 
 
@@ -160,6 +174,12 @@ class MergeTaskSpec(BaseModel):
 
 
 
+# Genomes longer than this make full-covariance CMA-ES and Optuna's samplers unsafe defaults:
+# CMA-ES keeps n x n matrices (at the digits task's 19,210 genes a 5.9 GB checkpoint and more
+# memory than this machine has); Optuna's study keeps every trial's n parameters.
+HIGH_DIMENSION = 1000
+
+
 class ControllerSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -175,20 +195,45 @@ class ControllerSpec(BaseModel):
     # cmaes
     sigma0: float | None = Field(None, gt=0)
     popsize: int | None = Field(None, ge=2)
-    separable: bool = False
+    # auto: full covariance up to HIGH_DIMENSION genes, diagonal above (false forces full)
+    separable: bool | Literal["auto"] = "auto"
     restarts: Literal["none", "ipop", "bipop"] = "none"
     step_size: Literal["auto", "csa", "tpa"] = "auto"
-    # random
+    # random (and optuna's box when the space has no bounds)
     sigma: float = Field(0.1, gt=0)
     # optuna
     sampler: Literal["tpe", "nsga2", "gp"] = "tpe"
+    allow_high_dimension: bool = False  # run Optuna above HIGH_DIMENSION genes anyway
+
+    @model_validator(mode="after")
+    def _applicable(self, info: ValidationInfo) -> ControllerSpec:
+        """A key of another controller is a mistake to name, not to ignore. Run directories
+        freeze every key (the defaults of other controllers included), so a frozen config
+        may carry them at their defaults."""
+        frozen = bool(info.context and info.context.get("frozen"))
+        for key in sorted(self.model_fields_set - CONTROLLER_KEYS[self.kind] - {"kind"}):
+            if frozen and getattr(self, key) == type(self).model_fields[key].default:
+                continue
+            owners = [k for k, keys in CONTROLLER_KEYS.items() if key in keys]
+            raise ValueError(f"{key}: an option of {' and '.join(owners)}, not of "
+                             f"{self.kind}")
+        return self
+
+
+CONTROLLER_KEYS: dict[str, set[str]] = {
+    "m2n2": {"archive_size", "alpha", "mutation_sigma", "attraction", "split_point",
+             "crossover", "sample_reward"},
+    "cmaes": {"sigma0", "popsize", "separable", "restarts", "step_size"},
+    "random": {"sigma"},
+    "optuna": {"sampler", "sigma", "allow_high_dimension"},
+}
 
 
 class SearchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = "search"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # numpy's seed range
     budget: int = Field(ge=1, description="evaluations")
     max_seconds: float | None = Field(None, gt=0)
     checkpoint_every: int = Field(500, ge=1)
@@ -209,10 +254,30 @@ class SearchConfig(BaseModel):
         if ignore_budget:
             data.pop("budget")
             data.pop("max_seconds")
+        # keys added after runs already existed count only when set, so those runs resume
+        for path, default in _LATE_KEYS:
+            *parents, last = path
+            node = data
+            for p in parents:
+                node = node.get(p) if isinstance(node, dict) else None
+            if isinstance(node, dict) and node.get(last, default) == default:
+                node.pop(last, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        """The frozen copy: the controller block keeps only its own kind's keys, so the file
+        reads (and can be reused) as a config."""
+        data = self.model_dump(mode="json")
+        ctl = data["controller"]
+        data["controller"] = {k: v for k, v in ctl.items()
+                              if k == "kind" or k in CONTROLLER_KEYS[ctl["kind"]]}
+        return yaml.safe_dump(data, sort_keys=False)
+
+
+_LATE_KEYS: list[tuple[tuple[str, ...], Any]] = [
+    (("controller", "allow_high_dimension"), False),
+    (("task", "candidate", "selection_cache_gib"), None),
+]
 
 
 # pydantic puts the chosen member of a tagged union into error locations
@@ -221,7 +286,10 @@ _UNION_TAGS = frozenset({"digits", "merge", "ps", "seed_mixture", "lm_eval", "pe
                          "classification", "callable"})
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SearchConfig:
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
+                frozen: bool = False) -> SearchConfig:
+    """Read and validate a config. `overrides` are command-line values (an error in one names
+    its --flag, not the file); `frozen`: the copy a run directory keeps (see ControllerSpec)."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -231,9 +299,17 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Se
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for key, value in given.items():
+        try:
+            SearchConfig.__pydantic_validator__.validate_assignment(
+                SearchConfig.model_construct(), key, value)
+        except ValidationError as exc:
+            msg = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ConfigError(f"--{key.replace('_', '-')}: {msg} (got {value})") from None
+    data.update(given)
     try:
-        cfg = SearchConfig.model_validate(data)
+        cfg = SearchConfig.model_validate(data, context={"frozen": frozen})
     except ValidationError as exc:
         raise ConfigError(f"{path}: {_describe(exc, skip=_UNION_TAGS)}") from None
     if isinstance(cfg.task, MergeTaskSpec):

@@ -25,7 +25,9 @@ runner = CliRunner()
 
 def config(tmp_path: Path, name: str = "cfg.yaml", task: dict | None = None,
            **controller) -> Path:
-    ctrl = {"kind": "m2n2", "archive_size": 6, "mutation_sigma": 0.01, **controller}
+    m2n2 = {"archive_size": 6, "mutation_sigma": 0.01}
+    ctrl = {"kind": "m2n2", **(m2n2 if controller.get("kind", "m2n2") == "m2n2" else {}),
+            **controller}
     return write_yaml(tmp_path / name, {"name": "t", "seed": 3, "budget": 400,
                                         "checkpoint_every": 50, "controller": ctrl,
                                         "task": task or {"kind": "digits"}})
