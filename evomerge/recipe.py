@@ -559,8 +559,12 @@ def load_recipe(path: str | Path, match_mergekit_precision: bool = False) -> Rec
                               "an evomerge recipe says `compute_dtype:` instead")
         recipe = Recipe.from_dict(data, origin=str(path))
     written: dict[str, str] = {}
+    from evomerge.models.refs import missing_local
 
-    def resolve(ref: str) -> str:
+    def resolve(ref: str, where: str) -> str:
+        problem = missing_local(ref, where, [Path.cwd(), path.parent])
+        if problem:
+            raise RecipeError(f"{path}: {problem}")
         resolved = _relative_to(path, ref)
         written[resolved] = ref
         return resolved
@@ -568,9 +572,11 @@ def load_recipe(path: str | Path, match_mergekit_precision: bool = False) -> Rec
     tok = recipe.tokenizer_source
     out = recipe.model_copy(
         update={
-            "sources": [s.model_copy(update={"model": resolve(s.model)}) for s in recipe.sources],
-            "base": resolve(recipe.base) if recipe.base else None,
-            "tokenizer_source": resolve(tok) if tok and tok not in TOKENIZER_KEYWORDS else tok,
+            "sources": [s.model_copy(update={"model": resolve(s.model, f"sources[{i}].model")})
+                        for i, s in enumerate(recipe.sources)],
+            "base": resolve(recipe.base, "base") if recipe.base else None,
+            "tokenizer_source": resolve(tok, "tokenizer_source")
+            if tok and tok not in TOKENIZER_KEYWORDS else tok,
         }
     )
     out._written = written

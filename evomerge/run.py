@@ -313,6 +313,10 @@ class SearchRun:
             controller.budget = self.cfg.budget
         logged = self.read_log()
         self.check_log(len(logged), state.trials if ckpt is not None else None)
+        if executor is None and state.trials < self.cfg.budget:
+            from evomerge.workers.inline import InlineExecutor
+
+            executor = InlineExecutor(task)  # a worker that cannot start fails here, not later
         if self._write_config:  # able to run: now the config (or new budget) is frozen
             self.dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.dir / "config.yaml", self.cfg.to_yaml())
@@ -330,10 +334,6 @@ class SearchRun:
         primary, direction = task.objectives[0]
         sign = 1.0 if direction == "maximize" else -1.0
         deadline = time.monotonic() + self.cfg.max_seconds if self.cfg.max_seconds else None
-        if executor is None and state.trials < self.cfg.budget:
-            from evomerge.workers.inline import InlineExecutor
-
-            executor = InlineExecutor(task)
         loop = _Loop(self, task, executor, archive, cache, state, sign, primary, progress)
         for line in logged:
             loop.note_best(line)

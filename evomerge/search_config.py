@@ -313,14 +313,16 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
     except ValidationError as exc:
         raise ConfigError(f"{path}: {_describe(exc, skip=_UNION_TAGS)}") from None
     if isinstance(cfg.task, MergeTaskSpec):
-        _resolve_paths(cfg.task, path.parent)
+        _resolve_paths(cfg.task, path)
     return cfg
 
 
-def _resolve_paths(task: MergeTaskSpec, config_dir: Path) -> None:
+def _resolve_paths(task: MergeTaskSpec, config_path: Path) -> None:
     """Local paths become absolute (the current directory first, then the config's folder),
     so the config frozen into a run directory means the same files from anywhere. Anything
-    that exists in neither place (a hub repo id, an lm-eval task name) is left as written."""
+    that exists in neither place (a hub repo id, an lm-eval task name) is left as written;
+    a model that is plainly a local path and exists in neither is an error."""
+    config_dir = config_path.parent
 
     def fix(ref: str | None) -> str | None:
         if ref is None:
@@ -331,6 +333,13 @@ def _resolve_paths(task: MergeTaskSpec, config_dir: Path) -> None:
                 return str(cand.resolve())
         return ref
 
+    from evomerge.models.refs import missing_local
+
+    for where, ref in [("task.base", task.base),
+                       *((f"task.sources[{i}]", s) for i, s in enumerate(task.sources))]:
+        problem = ref and missing_local(ref, where, [Path.cwd(), config_dir])
+        if problem:
+            raise ConfigError(f"{config_path}: {problem}")
     task.base = fix(task.base)
     task.sources = [fix(s) or s for s in task.sources]
     for ev in task.evaluators:

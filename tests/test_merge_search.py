@@ -151,7 +151,7 @@ def test_failing_and_nonfinite_evaluations_are_failed_trials(zoo, tasks_dir, tmp
 @pytest.mark.parametrize("mutate, match", [
     (lambda d, z: d["task"].update(sourcez=[]), "task.sourcez: Extra inputs"),
     (lambda d, z: d["task"]["sources"].append(str(z["a"]) + "-missing"),
-     "task.sources: .*a-missing: no such model directory"),
+     r"task.sources\[2\]: '.*a-missing' is not a model directory \(tried .*a-missing\)"),
     (lambda d, z: d["task"]["evaluators"][0].update(tasks=["next_search", "nope/x.yaml"]),
      r"evaluators.skills.tasks\[1\]: task file nope/x.yaml does not exist"),
     (lambda d, z: d["task"]["objectives"][1].update(metric="echo_search/f1"),

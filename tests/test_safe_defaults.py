@@ -34,6 +34,18 @@ def digits(tmp_path: Path, controller: dict, budget: int = 40, name: str = "cfg.
                                         **extra})
 
 
+def merge_search(path: Path, sources: list[str], space: dict, base: str | None = None
+                 ) -> Path:
+    """A merge search config whose objective comes from a callable (never reached here)."""
+    task = {"kind": "merge", "sources": sources, "space": space,
+            "evaluators": [{"name": "q", "kind": "callable", "function": "math:fsum",
+                            "metrics": ["q"]}],
+            "objectives": [{"name": "q", "metric": "q"}]}
+    if base:
+        task["base"] = base
+    return write_yaml(path, {"budget": 4, "controller": {"kind": "random"}, "task": task})
+
+
 def cli(*args: str):
     return runner.invoke(app, [str(a) for a in args])
 
@@ -120,6 +132,21 @@ def test_resume_changes_nothing_until_it_can_run_and_report_reads_no_controller(
     assert len((run_dir / "trials.jsonl").read_text().splitlines()) == 60
 
 
+def test_a_merge_search_that_cannot_fit_in_memory_is_refused_before_it_starts(
+        tmp_path, zoo, monkeypatch):
+    import psutil
+
+    real = psutil.virtual_memory()
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: real._replace(available=2**10))
+    cfg = merge_search(tmp_path / "s.yaml", [str(zoo["a"]), str(zoo["b"])],
+                       {"kind": "ps", "method": "ties"}, base=str(zoo["base"]))
+    res = cli("search", cfg, "--run-dir", tmp_path / "run")
+    assert res.exit_code == 2
+    assert "task: candidate: keeping the base and 2 source(s) resident needs" in res.output
+    assert "but cpu has 0.00 GiB available" in res.output
+    assert not (tmp_path / "run").exists()
+
+
 # --- 2. named errors, no tracebacks ---------------------------------------------------------
 def test_a_garbage_line_in_the_log_is_named_by_resume_and_report(tmp_path):
     cfg = digits(tmp_path, {"kind": "random"}, budget=20)
@@ -198,17 +225,42 @@ def test_merge_parameters_out_of_range_are_named(tmp_path, zoo):
     res = cli("merge", write_yaml(tmp_path / "r2.yaml", data), tmp_path / "out")
     assert res.exit_code == 2 and "density.groups[1]: -0.5 is outside [0, 1]" in res.output
     # a search space whose range leaves the parameter's range
-    cfg = write_yaml(tmp_path / "s.yaml", {
-        "budget": 4, "controller": {"kind": "random"},
-        "task": {"kind": "merge", "base": str(zoo["base"]),
-                 "sources": [str(zoo["a"]), str(zoo["b"])],
-                 "space": {"kind": "ps", "method": "ties", "ranges": {"density": [0.1, 1.5]}},
-                 "evaluators": [{"name": "q", "kind": "callable", "function": "math:fsum",
-                                 "metrics": ["q"]}],
-                 "objectives": [{"name": "q", "metric": "q"}]}})
+    cfg = merge_search(tmp_path / "s.yaml", [str(zoo["a"]), str(zoo["b"])],
+                       {"kind": "ps", "method": "ties", "ranges": {"density": [0.1, 1.5]}},
+                       base=str(zoo["base"]))
     res = cli("search", cfg, "--run-dir", tmp_path / "run")
     assert res.exit_code == 2
     assert "task.space: ranges.density: [0.1, 1.5] leaves [0, 1]" in res.output
+
+
+def test_a_missing_local_source_names_the_field_and_the_paths_tried(tmp_path, zoo,
+                                                                   monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(zoo["a"], tmp_path / "zoo" / "math")
+    (tmp_path / "recipes").mkdir()
+    recipe = write_yaml(tmp_path / "recipes" / "r.yaml", {
+        "method": "linear", "sources": [{"model": "zoo/math"}, {"model": "zoo/mathh"}]})
+    res = cli("merge", recipe, "out")
+    assert res.exit_code == 2
+    assert (f"{recipe}: sources[1].model: 'zoo/mathh' is not a model directory (tried "
+            f"{tmp_path}/zoo/mathh, {tmp_path}/recipes/zoo/mathh); did you mean 'zoo/math'?"
+            in res.output), res.output
+    assert "download" not in res.output
+    cfg = merge_search(tmp_path / "s.yaml", ["zoo/math", "zoo/mathh"],
+                       {"kind": "seed_mixture"})
+    res = cli("search", cfg, "--run-dir", "run")
+    assert res.exit_code == 2 and "download" not in res.output
+    assert "task.sources[1]: 'zoo/mathh' is not a model directory" in res.output
+    assert not (tmp_path / "run").exists()
+    # what may be a hub id (no such local folder): the cache was searched; downloads named
+    recipe = write_yaml(tmp_path / "r3.yaml", {
+        "method": "linear", "sources": [{"model": "zoo/math"}, {"model": "acme/not-here"}]})
+    res = cli("merge", recipe, "out")
+    assert res.exit_code == 2
+    assert "sources[1].model: acme/not-here: not a local directory and not in the local " \
+           "Hugging Face cache" in res.output and "--allow-download" in res.output
 
 
 # --- 3. Ctrl-C, progress, report -------------------------------------------------------------

@@ -87,6 +87,7 @@ class CandidateBuilder:
             self.names.sort(key=lambda n: -_numel(ref.entries[n].shape))
             self.stored_dtype = ref.entries[self.names[0]].dtype if self.names else None
             self.dtype = _TORCH_DTYPES[dtype] if dtype else self.stored_dtype
+            self._preflight(models, source_ms, base_m is not None)
             self.base = ({n: base_m.read(n).to(self.device) for n in self.names}
                          if base_m else None)
             self.sources = [{n: m.read(n).to(self.device) for n in self.names}
@@ -109,6 +110,23 @@ class CandidateBuilder:
         self.last: BuildStats | None = None
 
     # --- setup --------------------------------------------------------------------------
+    def _preflight(self, models: list[Any], sources: list[Any], has_base: bool) -> None:
+        """Refuse before reading a byte when the resident sources and the live model cannot
+        fit: a search that dies of memory at its first candidate (or swaps for hours) is
+        worse than an error that says what to change."""
+        names = set(self.names)
+        resident = sum(e.nbytes for m in models for n, e in m.entries.items() if n in names)
+        itemsize = torch.empty(0, dtype=self.dtype).element_size() if self.dtype else 4
+        live = sum(models[0].entries[n].numel for n in self.names) * itemsize
+        free = available_memory(self.device)
+        if resident + live > 0.9 * free:
+            what = f"{'the base and ' if has_base else ''}{len(sources)} source(s)"
+            raise MergeError(
+                f"candidate: keeping {what} resident needs {resident / 2**30:.2f} GiB and the "
+                f"live model {live / 2**30:.2f} GiB, but {self.device} has "
+                f"{free / 2**30:.2f} GiB available; use fewer sources, a 16-bit "
+                "candidate.dtype, or a device with more memory")
+
     def _live_model(self) -> Any:
         """The one model object every candidate is written into: loaded once from the first
         model's directory (so buffers and tied weights are set up by transformers itself)."""

@@ -89,20 +89,22 @@ def parse_size(text: str) -> int:
 def open_models(recipe: Recipe, options: MergeOptions) -> tuple[SourceModel | None,
                                                                  list[SourceModel]]:
     opened: list[SourceModel] = []
+    where = "base"
     try:
         base = None
         if recipe.base:
             base = SourceModel.open(recipe.base, options.allow_pickle, options.allow_download)
             opened.append(base)
         sources = []
-        for s in recipe.sources:
+        for i, s in enumerate(recipe.sources):
+            where = f"sources[{i}].model"
             sources.append(SourceModel.open(s.model, options.allow_pickle,
                                             options.allow_download))
             opened.append(sources[-1])
     except SourceError as exc:
         for m in opened:
             m.close()
-        raise MergeError(str(exc)) from None
+        raise MergeError(f"{where}: {exc}") from None
     return base, sources
 
 

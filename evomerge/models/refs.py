@@ -31,6 +31,32 @@ def is_hub_id(ref: str) -> bool:
     return not repo.startswith((".", "/", "~")) and repo.count("/") == 1
 
 
+def missing_local(ref: str, where: str, dirs: list[Path]) -> str | None:
+    """The error for a reference that is plainly a local path (it starts with '.', '/' or
+    '~', is not shaped like 'org/name', or its first folder exists here) but names no
+    directory: the field, the paths tried and, when a neighbour is close, a suggestion. None
+    when `ref` exists or could be a hub id (those go to the cache lookup)."""
+    p = Path(ref).expanduser()
+    candidates = [p] if p.is_absolute() else [d / p for d in dirs]
+    if any(c.exists() for c in candidates):
+        return None
+    first = Path(split_revision(ref)[0]).parts[0] if ref else ""
+    if is_hub_id(ref) and not any((d / first).is_dir() for d in dirs):
+        return None
+    import difflib
+
+    tried = list(dict.fromkeys(str(c.resolve()) for c in candidates))
+    hint = ""
+    for c in candidates:
+        if c.parent.is_dir():
+            near = difflib.get_close_matches(c.name, [x.name for x in c.parent.iterdir()
+                                                      if x.is_dir()], n=1)
+            if near:
+                hint = f"; did you mean {str(Path(ref).parent / near[0])!r}?"
+                break
+    return f"{where}: {ref!r} is not a model directory (tried {', '.join(tried)}){hint}"
+
+
 def resolve_model_ref(ref: str, allow_download: bool = False) -> Path:
     """A local directory as is; otherwise a hub repo id (`org/name` or `org/name@revision`)
     looked up in the local HF cache, downloaded only when `allow_download` is set."""
@@ -52,8 +78,9 @@ def resolve_model_ref(ref: str, allow_download: bool = False) -> Path:
                                       local_files_only=not allow_download))
     except LocalEntryNotFoundError:
         raise SourceError(
-            f"{ref}: not a local directory and not in the local Hugging Face cache "
-            "(pass --allow-download to fetch it)"
+            f"{ref}: not a local directory and not in the local Hugging Face cache; to fetch it "
+            "from the hub, allow downloads (`evomerge merge --allow-download`, or "
+            "`allow_download: true` in a search config)"
         ) from None
     except Exception as exc:  # network errors, unknown repo, gated repo
         raise SourceError(f"{ref}: could not resolve as a Hugging Face repo: {exc}") from None
