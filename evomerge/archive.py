@@ -162,6 +162,12 @@ class ParetoArchive:
         return len(self._entries)
 
     # ------------------------------------------------------------------ core
+    def dominated(self, values: Mapping[str, float]) -> bool:
+        """Whether a member weakly dominates this point (`add` would reject it)."""
+        pts = self._points
+        point = to_min_vector(self._objectives, values)
+        return bool(len(pts) and np.any(np.all(pts <= point, axis=1)))
+
     def add(
         self,
         trial_id: int,

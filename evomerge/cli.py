@@ -132,6 +132,11 @@ def _layer_count(rec) -> int | None:
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress line (errors and the "
                                                              "final summary still print).")]
+Workers = Annotated[int | None, typer.Option(
+    help="Evaluate on this many Ray workers (one per GPU or CPU slot); 1: in this process. "
+         "Default: the config's executor block.")]
+Address = Annotated[str | None, typer.Option(
+    help="Join this Ray cluster (host:port, or RAY_ADDRESS); default: start Ray here.")]
 
 
 def _run_search(make_run) -> None:
@@ -139,6 +144,7 @@ def _run_search(make_run) -> None:
     Ctrl-C what was saved and the exact command that continues it."""
     from evomerge.progress import Progress
     from evomerge.run import ConfigError, RunError
+    from evomerge.workers import WorkerError
 
     run = None
     try:
@@ -146,6 +152,10 @@ def _run_search(make_run) -> None:
         state = run.run(progress=progress)
     except (ConfigError, RunError) as exc:
         _fail(str(exc))
+    except WorkerError as exc:
+        saved = f"{run.state.trials} trials are saved; " if run and run.state else ""
+        where = f"evomerge resume {_quote(run.dir)}" if run else "evomerge resume RUN_DIR"
+        _fail(f"{exc}\n{saved}fix the cause, then continue with: {where}")
     except KeyboardInterrupt:
         if run is None or run.state is None:
             typer.echo("\ninterrupted before the search started; nothing was written", err=True)
@@ -178,13 +188,16 @@ def search(
     budget: Annotated[int | None, typer.Option(help="Evaluations (overrides the config).")]
     = None,
     seed: Annotated[int | None, typer.Option(help="Seed (overrides the config).")] = None,
+    workers: Workers = None,
+    address: Address = None,
     quiet: Quiet = False,
 ) -> None:
     """Run a search to its budget, logging every trial and checkpointing as it goes."""
     from evomerge.progress import Progress
     from evomerge.run import SearchRun
 
-    _run_search(lambda: (SearchRun.create(config, run_dir, budget=budget, seed=seed),
+    _run_search(lambda: (SearchRun.create(config, run_dir, budget=budget, seed=seed,
+                                          workers=workers, address=address),
                          Progress("quiet" if quiet else None)))
 
 
@@ -192,13 +205,16 @@ def search(
 def resume(
     run_dir: Annotated[Path, typer.Argument(help="Run directory to continue.")],
     budget: Annotated[int | None, typer.Option(help="A larger budget than the run's.")] = None,
+    workers: Workers = None,
+    address: Address = None,
     quiet: Quiet = False,
 ) -> None:
     """Continue an interrupted run; evaluations already logged are not repeated."""
     from evomerge.progress import Progress
     from evomerge.run import SearchRun
 
-    _run_search(lambda: (SearchRun.open(run_dir, budget=budget),
+    _run_search(lambda: (SearchRun.open(run_dir, budget=budget, workers=workers,
+                                        address=address),
                          Progress("quiet" if quiet else None)))
 
 

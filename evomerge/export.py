@@ -66,6 +66,8 @@ def export(run_dir: str | Path, to: str | Path, trial: int | None = None, best: 
     run = SearchRun.open(run_dir)
     chosen = choose_trials(run, trial, best, front)
     to = Path(to)
+    if to.resolve() == run.dir.resolve() or run.dir.resolve() in to.resolve().parents:
+        raise RunError(f"--to: {to} is inside the run directory {run.dir}; export elsewhere")
     if front:
         if to.exists() and any(to.iterdir()) and not overwrite:
             raise RunError(f"{to}: exists and is not empty (pass --overwrite)")

@@ -519,10 +519,17 @@ class Recipe(BaseModel):
 
 
 def _describe(exc: ValidationError, skip: frozenset[str] = frozenset()) -> str:
+    """pydantic's errors as `field.path[i]: message`, in the words of this tool."""
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if p not in skip)
+        loc = ""
+        for p in err["loc"]:
+            if p in skip:
+                continue
+            loc += f"[{p}]" if isinstance(p, int) else (f".{p}" if loc else str(p))
         msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "not a known key here (a typo?)"
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
 
@@ -547,6 +554,9 @@ def load_recipe(path: str | Path, match_mergekit_precision: bool = False) -> Rec
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    if isinstance(data, dict) and "method" not in data and {"controller", "task"} & set(data):
+        raise RecipeError(f"{path}: this is a search config, not a merge recipe; run it with "
+                          f"`evomerge search {path} --run-dir DIR`")
     if is_mergekit_config(data):
         from evomerge.mergekit_yaml import recipe_from_mergekit
 

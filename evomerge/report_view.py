@@ -7,10 +7,11 @@ from typing import Any
 
 
 def _num(value: Any) -> str:
+    """Four decimals (columns line up), scientific notation for the very large or small."""
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e6 else f"{value:.3e}"
     return str(value)
 
 
@@ -28,9 +29,11 @@ def format_report(data: dict[str, Any]) -> str:
     secs = data["seconds"]["evaluation"]
     if data["trials"]:
         out.append(f"evaluation time {secs:.1f} s ({secs / data['trials']:.2f} s per trial)")
+    for e in data.get("errors", []):
+        out.append(f"  {e['count']} x (first: trial {e['first_trial']}) {e['error'][:300]}")
     front = data["front"]
     if not front:
-        out.append("no successful trial yet: no front")
+        out.append("no successful trial, so no front")
         return "\n".join(out) + "\n"
     names = list(front[0]["objectives"])
     header = ["trial", *[f"{n} (search)" for n in names], *[f"{n} (held-out)" for n in names]]
@@ -39,10 +42,13 @@ def format_report(data: dict[str, Any]) -> str:
     out += ["", f"Pareto front: {len(front)} trial(s)", *_table(header, rows)]
     hv = data["hypervolume"]
     if hv["value"] is not None:
-        ref = ", ".join(_num(v) for v in hv["reference_point"])
+        point = hv["reference_point"]
+        ref = ", ".join(f"{k} {_num(float(v))}" for k, v in point.items()) \
+            if isinstance(point, dict) else ", ".join(_num(float(v)) for v in point)
         out.append(f"hypervolume {_num(hv['value'])} (reference point {ref})")
     best = data["best"]
     if best:
-        out.append(f"best by {names[0]}: trial {best['trial']} (export it with "
-                   f"`evomerge export {data['run_dir']} --trial {best['trial']} --to DIR`)")
+        hint = (f" (export it with `evomerge export {data['run_dir']} --trial {best['trial']} "
+                "--to DIR`)") if data.get("task") == "merge" else ""
+        out.append(f"best by {names[0]}: trial {best['trial']}{hint}")
     return "\n".join(out) + "\n"

@@ -30,6 +30,7 @@ from evomerge.progress import Progress
 from evomerge.search.protocol import Candidate, Controller, Result
 from evomerge.search_config import HIGH_DIMENSION, ConfigError, SearchConfig, load_config
 from evomerge.tasks.base import ControllerSetup, Task, build_task, task_objectives
+from evomerge.workers import make_executor
 from evomerge.workers.base import Executor, Job, Outcome
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,41 @@ def check_dimension(cfg: SearchConfig, n: int, origin: str) -> bool:
     return bool(separable)
 
 
+def config_diff(old: SearchConfig, new: SearchConfig, limit: int = 3) -> str:
+    """The first fields that differ, as `field: run's value → this config's value`."""
+    def flat(data: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(data, dict):
+            out: dict[str, Any] = {}
+            for k, v in data.items():
+                out.update(flat(v, f"{prefix}{k}."))
+            return out
+        return {prefix[:-1]: data}
+
+    a, b = flat(old.model_dump(mode="json")), flat(new.model_dump(mode="json"))
+    skip = ("budget", "max_seconds", "executor.")
+    keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+            and not k.startswith(skip)]
+    parts = [f"{k}: {a.get(k)!r} in the run, {b.get(k)!r} here" for k in keys[:limit]]
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return "; ".join(parts) + more
+
+
+def with_executor(cfg: SearchConfig, workers: int | None, address: str | None
+                  ) -> SearchConfig:
+    """`--workers N` (Ray when N > 1) and `--address` over the config's executor block."""
+    if workers is None and address is None:
+        return cfg
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers: must be at least 1 (got {workers})")
+    e = cfg.executor.model_copy()
+    if workers is not None:
+        e.workers = workers
+        e.kind = "ray" if workers > 1 else "inline"
+    if address is not None:
+        e.kind, e.address = "ray", address
+    return cfg.model_copy(update={"executor": e})
+
+
 # --- the run -------------------------------------------------------------------------------
 @dataclass
 class Timing:
@@ -189,8 +225,10 @@ class SearchRun:
     # --- opening -----------------------------------------------------------------------
     @classmethod
     def create(cls, config_path: str | Path, run_dir: str | Path, budget: int | None = None,
-               seed: int | None = None) -> SearchRun:
-        cfg = load_config(config_path, {"budget": budget, "seed": seed})
+               seed: int | None = None, workers: int | None = None,
+               address: str | None = None) -> SearchRun:
+        cfg = with_executor(load_config(config_path, {"budget": budget, "seed": seed}),
+                            workers, address)
         run_dir = Path(run_dir)
         if run_dir.exists() and not run_dir.is_dir():
             raise RunError(f"--run-dir: {run_dir} exists and is not a directory")
@@ -198,38 +236,43 @@ class SearchRun:
             existing = load_config(run_dir / "config.yaml", frozen=True)
             if existing.digest() != cfg.digest():
                 raise RunError(
-                    f"{run_dir}: holds a run of a different config; use `evomerge resume "
-                    f"{run_dir}` or another --run-dir")
-            return cls.open(run_dir, budget=cfg.budget)
+                    f"{run_dir}: holds a run of a different config ({config_diff(existing, cfg)}"
+                    f"); use `evomerge resume {run_dir}` or another --run-dir")
+            # the config's own budget does not override the run's (only --budget does)
+            return cls.open(run_dir, budget=budget, workers=workers, address=address)
         # Build (and so validate) the task first: a bad source, file or objective fails here,
         # naming the config file and field, and leaves no run directory.
         task = build_task(cfg, str(config_path))
         return cls(run_dir, cfg, task, write_config=True, origin=str(config_path))
 
     @classmethod
-    def open(cls, run_dir: str | Path, budget: int | None = None) -> SearchRun:
+    def open(cls, run_dir: str | Path, budget: int | None = None, workers: int | None = None,
+             address: str | None = None) -> SearchRun:
         run_dir = Path(run_dir)
         if not (run_dir / "config.yaml").exists():
             raise RunError(f"{run_dir}: not a run directory (no config.yaml)")
-        cfg = load_config(run_dir / "config.yaml", frozen=True)
+        cfg = with_executor(load_config(run_dir / "config.yaml", frozen=True), workers,
+                            address)
         run = cls(run_dir, cfg)
         if budget is not None:
-            if budget < cfg.budget:
-                raise RunError(f"--budget: {budget} is below the run's budget {cfg.budget}")
+            done = len(run.read_log())
+            if budget < done:
+                raise RunError(f"--budget: {budget} is below the {done} trials already done")
             if budget != cfg.budget:  # frozen once the run is able to continue
                 run.cfg = cfg.model_copy(update={"budget": budget})
                 run._write_config = True
         return run
 
     # --- log and checkpoint --------------------------------------------------------------
-    def read_log(self) -> list[dict[str, Any]]:
-        """Trial lines; a torn last line (killed mid-write) is cut off the file. Any other
-        line that is not a trial record is an error naming its line number."""
+    def read_log(self, repair: bool = False) -> list[dict[str, Any]]:
+        """Trial lines. A torn last line (killed mid-write, or being written right now) is
+        ignored, and cut off the file with `repair` (only the process holding the run's
+        lock may). Any other line that is not a trial record is an error naming its line."""
         if not self.trials_path.exists():
             return []
         raw = self.trials_path.read_bytes()
         end = raw.rfind(b"\n") + 1
-        if end != len(raw):
+        if end != len(raw) and repair:
             with open(self.trials_path, "r+b") as f:
                 f.truncate(end)
         lines = []
@@ -276,11 +319,16 @@ class SearchRun:
                 "deleted. Restore it from a backup; without it the run cannot continue "
                 "exactly or report its front (start a new run with another --run-dir)")
 
-    def _checkpoint(self, controller: Controller, state: RunState) -> None:
+    def _checkpoint(self, controller: Controller, state: RunState,
+                    outstanding: list[Candidate], capacity: int) -> None:
+        """The controller's state, the candidates it no longer holds but that never finished
+        (re-issued on resume) and the capacity they were asked under."""
         blob = pickle.dumps({
             "trials": state.trials,
             "config_digest": self.cfg.digest(),
             "controller": controller.state_dict(),
+            "outstanding": outstanding,
+            "capacity": capacity,
             "best": state.best,
             "best_genome": state.best_genome,
             "timing": state.timing,
@@ -296,6 +344,13 @@ class SearchRun:
     def run(self, stop_after: int | None = None, progress: Progress | None = None,
             executor: Executor | None = None) -> RunState:
         """Run to the budget (or `stop_after` more trials); returns the final state."""
+        try:
+            return self._run(stop_after, progress, executor)
+        finally:
+            self._unlock()
+
+    def _run(self, stop_after: int | None, progress: Progress | None,
+             executor: Executor | None) -> RunState:
         task = self.task or build_task(self.cfg, self.origin)
         self.task = task
         setup = task.controller_setup(self.cfg.controller.kind, self.cfg.controller.archive_size)
@@ -311,18 +366,18 @@ class SearchRun:
             state = RunState(ckpt["trials"], ckpt["best"], ckpt["best_genome"], ckpt["timing"])
         if hasattr(controller, "budget"):
             controller.budget = self.cfg.budget
-        logged = self.read_log()
+        self._lock()
+        logged = self.read_log(repair=True)
         self.check_log(len(logged), state.trials if ckpt is not None else None)
         if executor is None and state.trials < self.cfg.budget:
-            from evomerge.workers.inline import InlineExecutor
-
-            executor = InlineExecutor(task)  # a worker that cannot start fails here, not later
+            # its workers are built now: one that cannot start fails here, before any write
+            executor = make_executor(self.cfg, task, self.origin)
         if self._write_config:  # able to run: now the config (or new budget) is frozen
             self.dir.mkdir(parents=True, exist_ok=True)
+            self._lock()
             write_text_atomic(self.dir / "config.yaml", self.cfg.to_yaml())
             self._write_config = False
         self.state = state
-        replay = {line["id"]: line for line in logged[state.trials:]}
         archive = task.archive()
         cache: dict[str, dict[str, Any]] = {}
         for line in logged:
@@ -331,40 +386,20 @@ class SearchRun:
         for line in logged[: state.trials]:
             if line["status"] == "ok":
                 archive.add(line["trial"], line["objectives"])
-        primary, direction = task.objectives[0]
-        sign = 1.0 if direction == "maximize" else -1.0
-        deadline = time.monotonic() + self.cfg.max_seconds if self.cfg.max_seconds else None
-        loop = _Loop(self, task, executor, archive, cache, state, sign, primary, progress)
+        loop = _Loop(self, task, controller, executor, archive, cache, state, progress)
+        loop.replay = {line["id"]: line for line in logged[state.trials:]}
+        # the capacity the logged trials were asked under: replaying with another would ask
+        # in another order (a run continued with more workers replays as it ran, then widens)
+        loop.replay_capacity = (ckpt or {}).get("capacity", 1)
         for line in logged:
             loop.note_best(line)
+            loop.ok_seen = loop.ok_seen or line["status"] == "ok"
         if progress is not None:
-            progress.start(state.trials, self.cfg.budget, primary)
+            progress.start(state.trials, self.cfg.budget, loop.primary)
         try:
             with open(self.trials_path, "a", buffering=1) as log_file:
                 loop.log = log_file
-                while state.trials < self.cfg.budget:
-                    if stop_after is not None and loop.done_here >= stop_after:
-                        break
-                    if deadline is not None and time.monotonic() > deadline and not replay:
-                        break
-                    t0 = time.perf_counter()
-                    cands = controller.ask()
-                    state.timing.controller += time.perf_counter() - t0
-                    cands = cands[: self.cfg.budget - state.trials]
-                    if replay and not any(c.id in replay for c in cands):
-                        raise RunError(
-                            f"{self.trials_path}: the controller no longer proposes the logged "
-                            f"trials (next logged id {min(replay)}, asked "
-                            f"{[c.id for c in cands]}); the run cannot be continued exactly")
-                    told = loop.generation(cands, replay)
-                    t0 = time.perf_counter()
-                    controller.tell(told)
-                    state.timing.controller += time.perf_counter() - t0
-                    if state.trials % self.cfg.checkpoint_every < len(told) or \
-                            state.trials >= self.cfg.budget:
-                        log_file.flush()
-                        os.fsync(log_file.fileno())
-                        self._checkpoint(controller, state)
+                loop.run(stop_after, (ckpt or {}).get("outstanding", []))
         finally:
             if progress is not None:
                 progress.close()
@@ -372,25 +407,78 @@ class SearchRun:
                 executor.close()
         return state
 
+    def _lock(self) -> None:
+        """One process per run directory: a second search or resume on it would interleave
+        trial lines and break the log. The lock dies with its process (kill -9 included)."""
+        import fcntl
+
+        if getattr(self, "_lock_file", None) is not None or not self.dir.is_dir():
+            return
+        f = open(self.dir / ".lock", "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            f.close()
+            raise RunError(f"{self.dir}: another evomerge process (pid {holder}) is running "
+                           "this search; wait for it to finish or stop it first") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._lock_file = f
+
+    def _unlock(self) -> None:
+        f = getattr(self, "_lock_file", None)
+        if f is not None:
+            f.close()  # closing releases the lock
+            self._lock_file = None
+
+
+# a run whose first trials all fail stops there: a broken evaluator would otherwise spend the
+# whole budget (hours of a large model) on errors
+ALL_FAILED_STOP = 10
 
 # what every line of trials.jsonl carries
 _TRIAL_KEYS = frozenset({"trial", "id", "status", "fitness", "objectives", "seconds"})
 
 
 class _Loop:
-    """One generation at a time: replayed trials come from the log, repeated recipes from the
-    cache, the rest from the executor; each finished trial is logged as it arrives."""
+    """Keeps the executor full: asks the controller for candidates while a worker is free,
+    answers replayed trials from the log and repeated recipes from the cache, and finishes
+    each trial (held-out score for front entrants, log line, tell, checkpoint) as it returns.
 
-    def __init__(self, run: SearchRun, task: Task, executor: Executor | None,
-                 archive: ParetoArchive, cache: dict[str, dict[str, Any]], state: RunState,
-                 sign: float, primary: str, progress: Progress | None = None):
-        self.run, self.task, self.executor = run, task, executor
+    With one worker this is the serial loop (deterministic; a checkpoint every
+    `checkpoint_every` trials when nothing is outstanding, resume replays the log). With
+    several, a steady-state controller is checkpointed after every trial together with the
+    candidates still out, which resume re-issues; CMA-ES checkpoints between generations and
+    resume asks the generation again."""
+
+    def __init__(self, run: SearchRun, task: Task, controller: Controller,
+                 executor: Executor | None, archive: ParetoArchive,
+                 cache: dict[str, dict[str, Any]], state: RunState,
+                 progress: Progress | None = None):
+        self.run_, self.task, self.controller, self.executor = run, task, controller, executor
         self.archive, self.cache, self.state = archive, cache, state
-        self.sign, self.primary = sign, primary
+        self.cfg = run.cfg
+        self.primary, direction = task.objectives[0]
+        self.sign = 1.0 if direction == "maximize" else -1.0
         self.progress = progress
         self.best_primary: float | None = None  # search split, for the progress line
         self.done_here = 0
         self.log: Any = None
+        self.replay: dict[int, dict[str, Any]] = {}
+        self.replay_capacity = 1
+        self.capacity = executor.capacity if executor is not None else 1
+        self.outstanding: dict[int, Candidate] = {}  # asked, not finished
+        self.queue: list[Job] = []  # decoded, waiting for a worker
+        self.ready: list[tuple[Candidate, Result, dict[str, Any] | None]] = []
+        self.fields: dict[int, dict[str, Any]] = {}
+        self.payloads: dict[int, Any] = {}
+        self.scored: dict[int, tuple[Result, dict[str, Any]]] = {}  # awaiting held-out
+        self.last_checkpoint = state.trials
+        self.ok_seen = False  # any successful trial in the run (logged ones included)
 
     def note_best(self, line: dict[str, Any]) -> None:
         value = (line.get("objectives") or {}).get(self.primary)
@@ -398,68 +486,111 @@ class _Loop:
                 self.best_primary is None or self.sign * value > self.sign * self.best_primary):
             self.best_primary = value
 
-    def generation(self, cands: list[Candidate], replay: dict[int, dict[str, Any]]
-                   ) -> list[tuple[Candidate, Result]]:
-        told: dict[int, tuple[Candidate, Result]] = {}
-        jobs: list[Job] = []
-        fields: dict[int, dict[str, Any]] = {}
-        by_id = {c.id: c for c in cands}
-        for cand in cands:
-            line = replay.pop(cand.id, None)
-            if line is not None:
-                res = _result_from_line(line)
-                if res.status == "ok":
-                    self.archive.add(self.state.trials, res.objectives)
-                self._finish(cand, res, None)
-                told[cand.id] = (cand, res)
+    # --- the steady state -------------------------------------------------------------
+    def run(self, stop_after: int | None, outstanding: list[Candidate]) -> None:
+        state, budget = self.state, self.cfg.budget
+        deadline = time.monotonic() + self.cfg.max_seconds if self.cfg.max_seconds else None
+        for cand in outstanding:  # asked before the checkpoint, never finished: re-issue
+            self._dispatch(cand)
+        while state.trials < budget:
+            if stop_after is not None and self.done_here >= stop_after:
+                break
+            stopping = deadline is not None and time.monotonic() > deadline and not self.replay
+            if stopping and not self.outstanding:
+                break
+            if not stopping:
+                self._fill()
+            self._submit()
+            if self.ready:
+                cand, res, fields = self.ready.pop(0)
+                self._finish(cand, res, fields)
                 continue
+            if self.executor is None or not self.executor.running():
+                if self.replay:
+                    raise RunError(
+                        f"{self.run_.trials_path}: the controller no longer proposes the "
+                        f"logged trials (next logged id {min(self.replay)}, outstanding "
+                        f"{sorted(self.outstanding)}); the run cannot be continued exactly")
+                if stopping:
+                    break
+                raise RunError("the controller proposed nothing while no evaluation was "
+                               "running (a controller bug); the run is resumable")
+            job, out = self.executor.wait()
+            self._returned(job, out)
+
+    def _fill(self) -> None:
+        """Ask while a worker would be idle (and never past the budget)."""
+        limit = self.replay_capacity if self.replay else self.capacity
+        while len(self.outstanding) < limit:
+            room = self.cfg.budget - self.state.trials - len(self.outstanding)
+            if room <= 0:
+                return
             t0 = time.perf_counter()
-            try:
-                payload = self.task.decode(cand.genome)
-                key = self.task.cache_key(payload)
-                fields[cand.id] = {**self.task.log_fields(cand.genome, payload),
-                                   **({"cache_key": key} if key else {})}
-            except Exception as exc:  # a genome that does not decode is a failed trial
-                res = Result(cand.id, -np.inf, status="failed",
-                             error=f"{type(exc).__name__}: {exc}")
-                self._finish(cand, res, {})
-                told[cand.id] = (cand, res)
-                continue
+            cands = self.controller.ask()[:room]
             self.state.timing.controller += time.perf_counter() - t0
-            hit = self.cache.get(key) if key else None
-            if hit is not None:  # the same recipe again: its result, at no cost
-                res = _result_from_line(hit)
-                res.candidate_id, res.seconds = cand.id, 0.0
-                self.archive.add(self.state.trials, res.objectives)
-                self._finish(cand, res, {**fields[cand.id], "cached": hit["trial"]})
-                told[cand.id] = (cand, res)
-                continue
-            jobs.append(Job(cand.id, payload))
-        if jobs:
-            assert self.executor is not None
-            payloads = {j.candidate_id: j.payload for j in jobs}
-            for job, out in self.executor.run(jobs):
-                cand = by_id[job.candidate_id]
-                res = self._result(cand, out)
-                self.state.timing.evaluation += out.seconds
-                line_fields = {**fields[cand.id], **out.extra}
-                if res.status == "ok" and self.archive.add(self.state.trials, res.objectives):
-                    # a front entrant is also scored on the held-out split: the front is what
-                    # the user takes home
-                    _, held = next(iter(self.executor.run(
-                        [Job(cand.id, payloads[cand.id], "heldout")])))
-                    self.state.timing.evaluation += held.seconds
-                    res.seconds += held.seconds
-                    if held.status == "ok":
-                        res.heldout = held.objectives
-                    else:
-                        line_fields["heldout_error"] = held.error
-                line = self._finish(cand, res, line_fields)
-                told[cand.id] = (cand, res)
-                key = line_fields.get("cache_key")
-                if key and res.status == "ok":
-                    self.cache.setdefault(key, line)
-        return [told[c.id] for c in cands if c.id in told]
+            if not cands:
+                return
+            if self.replay and not any(c.id in self.replay for c in cands):
+                raise RunError(
+                    f"{self.run_.trials_path}: the controller no longer proposes the logged "
+                    f"trials (next logged id {min(self.replay)}, asked "
+                    f"{[c.id for c in cands]}); the run cannot be continued exactly")
+            for cand in cands:
+                self._dispatch(cand)
+
+    def _dispatch(self, cand: Candidate) -> None:
+        """A candidate answered from the log or the cache is ready now; the rest queue."""
+        self.outstanding[cand.id] = cand
+        line = self.replay.pop(cand.id, None)
+        if line is not None:
+            self.ready.append((cand, _result_from_line(line), None))
+            return
+        t0 = time.perf_counter()
+        try:
+            payload = self.task.decode(cand.genome)
+            key = self.task.cache_key(payload)
+            fields = {**self.task.log_fields(cand.genome, payload),
+                      **({"cache_key": key} if key else {})}
+        except Exception as exc:  # a genome that does not decode is a failed trial
+            self.ready.append((cand, Result(cand.id, -np.inf, status="failed",
+                                            error=f"{type(exc).__name__}: {exc}"), {}))
+            return
+        self.state.timing.controller += time.perf_counter() - t0
+        hit = self.cache.get(key) if key else None
+        if hit is not None:  # the same recipe again: its result, at no cost
+            res = _result_from_line(hit)
+            res.candidate_id, res.seconds = cand.id, 0.0
+            self.ready.append((cand, res, {**fields, "cached": hit["trial"]}))
+            return
+        self.fields[cand.id], self.payloads[cand.id] = fields, payload
+        self.queue.append(Job(cand.id, payload))
+
+    def _submit(self) -> None:
+        while self.queue and self.executor is not None and \
+                self.executor.running() < self.executor.capacity:
+            self.executor.submit(self.queue.pop(0))
+
+    def _returned(self, job: Job, out: Outcome) -> None:
+        cand = self.outstanding[job.candidate_id]
+        self.state.timing.evaluation += out.seconds
+        if job.split == "heldout":
+            res, fields = self.scored.pop(cand.id)
+            res.seconds += out.seconds
+            if out.status == "ok":
+                res.heldout = out.objectives
+            else:
+                fields["heldout_error"] = out.error
+            self._finish(cand, res, fields)
+            return
+        res = self._result(cand, out)
+        fields = {**self.fields.pop(cand.id), **out.extra}
+        if res.status == "ok" and not self.archive.dominated(res.objectives):
+            # a front entrant is also scored on the held-out split (the front is what the
+            # user takes home); the trial finishes when that score is back
+            self.scored[cand.id] = (res, fields)
+            self.queue.insert(0, Job(cand.id, self.payloads[cand.id], "heldout"))
+            return
+        self._finish(cand, res, fields)
 
     def _result(self, cand: Candidate, out: Outcome) -> Result:
         if out.status != "ok":
@@ -469,18 +600,23 @@ class _Loop:
         return Result(cand.id, self.sign * out.objectives[self.primary], out.objectives,
                       scores, seconds=out.seconds)
 
-    def _finish(self, cand: Candidate, res: Result, fields: dict[str, Any] | None
-                ) -> dict[str, Any] | None:
-        """Log a finished trial (fields None: replayed, already logged) and count it;
-        returns the line written."""
+    def _finish(self, cand: Candidate, res: Result, fields: dict[str, Any] | None) -> None:
+        """Log the trial (fields None: replayed, already logged), tell the controller, count
+        it, checkpoint when due."""
         state = self.state
-        line = None
+        self.outstanding.pop(cand.id, None)
+        self.payloads.pop(cand.id, None)
+        if res.status == "ok":
+            self.archive.add(state.trials, res.objectives)
         if fields is not None:
             t1 = time.perf_counter()
             line = _line(state.trials, cand, res, fields)
             self.log.write(json.dumps(line) + "\n")
             state.timing.logging += time.perf_counter() - t1
             self.done_here += 1
+            key = fields.get("cache_key")
+            if key and res.status == "ok" and "cached" not in fields:
+                self.cache.setdefault(key, line)
         if res.heldout is not None and (
                 state.best is None
                 or self.sign * res.objectives[self.primary]
@@ -489,11 +625,35 @@ class _Loop:
                           "heldout": res.heldout}
             state.best_genome = cand.genome
         state.trials += 1
+        t0 = time.perf_counter()
+        self.controller.tell([(cand, res)])
+        state.timing.controller += time.perf_counter() - t0
         if fields is not None:
             self.note_best({"status": res.status, "objectives": res.objectives})
             if self.progress is not None:
                 self.progress.update(state.trials, self.best_primary)
-        return line
+        self._maybe_checkpoint()
+        if res.status == "ok":
+            self.ok_seen = True
+        elif not self.ok_seen and state.trials >= ALL_FAILED_STOP and self.done_here:
+            raise RunError(
+                f"the first {state.trials} trials all failed, so the evaluation itself is "
+                f"probably broken (trial {state.trials - 1}: {res.error}); fix it, then "
+                f"continue with `evomerge resume {self.run_.dir}`")
+
+    def _maybe_checkpoint(self) -> None:
+        state = self.state
+        every_trial = self.capacity > 1 and self.controller.outstanding_resumes
+        if self.outstanding and not every_trial:
+            return  # CMA-ES mid-generation (or a serial run between asks): not a boundary
+        if not (every_trial or state.trials - self.last_checkpoint >= self.cfg.checkpoint_every
+                or state.trials >= self.cfg.budget):
+            return
+        self.log.flush()
+        os.fsync(self.log.fileno())
+        out = list(self.outstanding.values()) if self.controller.outstanding_resumes else []
+        self.run_._checkpoint(self.controller, state, out, self.capacity)
+        self.last_checkpoint = state.trials
 
 
 def _line(trial: int, cand: Candidate, res: Result, fields: dict[str, Any]
@@ -522,7 +682,7 @@ def report(run_dir: str | Path) -> dict[str, Any]:
     """What a person (or a script) wants to know about a run: the front is rebuilt from the
     trial log, so the report is right even for a run that was killed."""
     run = SearchRun.open(run_dir)
-    lines = run.read_log()
+    lines = run.read_log()  # never repairs: a search may be writing it right now
     saved = run.read_state()  # never the checkpoint: a controller's state can be gigabytes
     run.check_log(len(lines), saved["trials"] if saved else None)
     objectives, reference = task_objectives(run.cfg)
@@ -543,6 +703,8 @@ def report(run_dir: str | Path) -> dict[str, Any]:
         "trials": len(lines),
         "budget": run.cfg.budget,
         "failed": sum(1 for x in lines if x["status"] != "ok"),
+        "errors": _common_errors(lines),
+        "task": run.cfg.task.kind,
         "cache_hits": sum(1 for x in lines if "cached" in x),
         "best": front[0] if front else None,
         "front": front,
@@ -552,6 +714,17 @@ def report(run_dir: str | Path) -> dict[str, Any]:
                     "controller_per_trial": timing.controller / n,
                     "logging_per_trial": timing.logging / n},
     }
+
+
+def _common_errors(lines: list[dict[str, Any]], limit: int = 3) -> list[dict[str, Any]]:
+    """The most frequent failure messages, with counts and the first trial of each."""
+    seen: dict[str, dict[str, Any]] = {}
+    for x in lines:
+        if x["status"] != "ok":
+            err = str(x.get("error") or "unknown error")
+            entry = seen.setdefault(err, {"error": err, "count": 0, "first_trial": x["trial"]})
+            entry["count"] += 1
+    return sorted(seen.values(), key=lambda e: -e["count"])[:limit]
 
 
 __all__ = ["ConfigError", "RunError", "SearchRun", "report"]

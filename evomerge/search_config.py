@@ -229,6 +229,21 @@ CONTROLLER_KEYS: dict[str, set[str]] = {
 }
 
 
+class ExecutorSpec(BaseModel):
+    """Where candidates are evaluated: inline (in this process) or on Ray actors. A run-time
+    choice: resume may change it (it is not part of the config's digest)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["inline", "ray"] = "inline"
+    workers: int = Field(1, ge=1)
+    address: str | None = None  # a Ray cluster to join (also RAY_ADDRESS); none: this machine
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float | None = Field(None, ge=0)  # None: 1 for cuda candidates, else 0
+    timeout_s: float | None = Field(None, gt=0)  # an evaluation running longer fails
+    max_failures: int = Field(3, ge=1)  # a worker failing this often in a row is retired
+
+
 class SearchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -240,6 +255,7 @@ class SearchConfig(BaseModel):
     task: Annotated[DigitsTaskSpec | MergeTaskSpec, Field(discriminator="kind")] = Field(
         default_factory=DigitsTaskSpec)
     controller: ControllerSpec
+    executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
 
     @model_validator(mode="before")
     @classmethod
@@ -251,6 +267,7 @@ class SearchConfig(BaseModel):
     def digest(self, ignore_budget: bool = True) -> str:
         """What must not change across a resume (budget and time limit may grow)."""
         data = self.model_dump(mode="json")
+        data.pop("executor")  # where trials run does not change what they are
         if ignore_budget:
             data.pop("budget")
             data.pop("max_seconds")
@@ -299,6 +316,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    if "controller" not in data and {"method", "merge_method"} & set(data):
+        raise ConfigError(f"{path}: this is a merge recipe, not a search config; build it with "
+                          f"`evomerge merge {path} OUT_DIR`")
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     for key, value in given.items():
         try:

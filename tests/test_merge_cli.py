@@ -252,11 +252,12 @@ def test_ties_without_base_is_a_recipe_error(zoo, tmp_path):
 def test_existing_output_needs_overwrite_and_is_replaced_whole(zoo, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "stale.txt").write_text("old")
+    stale = out / "model-00002-of-00002.safetensors"  # a shard of an earlier, larger merge
+    stale.write_text("old")
     res = run_cli("merge", ties_recipe(zoo, tmp_path), out, ok=False)
-    assert "--overwrite" in res.output and (out / "stale.txt").exists()
+    assert "--overwrite" in res.output and stale.exists()
     run_cli("merge", ties_recipe(zoo, tmp_path), out, "--overwrite")
-    assert not (out / "stale.txt").exists() and (out / "model.safetensors").exists()
+    assert not stale.exists() and (out / "model.safetensors").exists()
     # a failing merge with --overwrite keeps the previous output intact
     bad = _copy(zoo["a"], tmp_path / "nan")
     _rewrite(bad, lambda t: t["model.embed_tokens.weight"].__setitem__((0, 0), float("inf")))

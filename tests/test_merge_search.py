@@ -149,7 +149,7 @@ def test_failing_and_nonfinite_evaluations_are_failed_trials(zoo, tasks_dir, tmp
 
 
 @pytest.mark.parametrize("mutate, match", [
-    (lambda d, z: d["task"].update(sourcez=[]), "task.sourcez: Extra inputs"),
+    (lambda d, z: d["task"].update(sourcez=[]), "task.sourcez: not a known key here"),
     (lambda d, z: d["task"]["sources"].append(str(z["a"]) + "-missing"),
      r"task.sources\[2\]: '.*a-missing' is not a model directory \(tried .*a-missing\)"),
     (lambda d, z: d["task"]["evaluators"][0].update(tasks=["next_search", "nope/x.yaml"]),

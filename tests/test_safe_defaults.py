@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from evomerge.cli import app
@@ -261,6 +262,87 @@ def test_a_missing_local_source_names_the_field_and_the_paths_tried(tmp_path, zo
     assert res.exit_code == 2
     assert "sources[1].model: acme/not-here: not a local directory and not in the local " \
            "Hugging Face cache" in res.output and "--allow-download" in res.output
+
+
+def test_overwrite_replaces_only_a_model_directory(tmp_path, zoo, monkeypatch):
+    recipe = write_yaml(tmp_path / "r.yaml", {
+        "method": "linear", "sources": [{"model": str(zoo["a"])}, {"model": str(zoo["b"])}]})
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "a.py").write_text("code")
+    (tmp_path / "notes.txt").write_text("notes")
+    cases = [(project, "holds 'src', which a merge does not write"),
+             (tmp_path / "notes.txt", "exists and is not a directory"),
+             (zoo["a"], "holds the input model"),
+             (Path("."), "is the current directory or contains it")]
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    for target, says in cases:
+        res = cli("merge", recipe, target, "--overwrite")
+        assert res.exit_code == 2 and says in res.output, (target, res.output)
+    assert (project / "src" / "a.py").read_text() == "code"
+    assert (tmp_path / "notes.txt").read_text() == "notes"
+
+
+def test_two_processes_cannot_run_one_search_and_report_never_repairs(tmp_path):
+    cfg = digits(tmp_path, {"kind": "random"}, budget=20)
+    assert cli("search", cfg, "--run-dir", tmp_path / "r", "-q").exit_code == 0
+    run_dir = tmp_path / "r"
+    import fcntl
+
+    with open(run_dir / ".lock", "a+") as held:  # as a running search holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.seek(0)
+        held.truncate()
+        held.write("4242")
+        held.flush()
+        res = cli("resume", run_dir, "--budget", "30")
+        assert res.exit_code == 2
+        assert "another evomerge process (pid 4242) is running this search" in res.output
+        with open(run_dir / "trials.jsonl", "a") as f:  # a line being written right now
+            f.write('{"trial": 20, "id"')
+        assert cli("report", run_dir).exit_code == 0
+        assert (run_dir / "trials.jsonl").read_text().endswith('{"trial": 20, "id"')
+    res = cli("resume", run_dir, "--budget", "30", "-q")  # the owner's job: it repairs
+    assert res.exit_code == 0, res.output
+    lines = (run_dir / "trials.jsonl").read_text().splitlines()
+    assert [json.loads(x)["trial"] for x in lines] == list(range(30))
+
+
+def test_a_search_whose_trials_all_fail_stops_early_and_says_why(tmp_path, zoo):
+    (tmp_path / "broken_eval.py").write_text(
+        "def score(model, tokenizer, split):\n    raise KeyError('labels')\n")
+    data = yaml.safe_load(merge_search(tmp_path / "s.yaml", [str(zoo["a"]), str(zoo["b"])],
+                                       {"kind": "seed_mixture"}).read_text())
+    data["budget"] = 40
+    data["task"]["evaluators"][0].update(function="broken_eval:score",
+                                         python_path=[str(tmp_path)])
+    cfg = write_yaml(tmp_path / "s.yaml", data)
+    res = cli("search", cfg, "--run-dir", tmp_path / "r")
+    assert res.exit_code == 2
+    assert "the first 10 trials all failed" in res.output and "KeyError: 'labels'" in res.output
+    assert f"evomerge resume {tmp_path / 'r'}" in res.output
+    res = cli("report", tmp_path / "r")
+    assert "10 x (first: trial 0) KeyError: 'labels'" in res.output
+
+
+def test_mixing_up_recipes_and_search_configs_is_named(tmp_path, zoo):
+    cfg = digits(tmp_path, {"kind": "random"})
+    res = cli("merge", cfg, tmp_path / "out")
+    assert res.exit_code == 2 and "this is a search config, not a merge recipe" in res.output
+    recipe = write_yaml(tmp_path / "r.yaml", {"method": "linear",
+                                              "sources": [{"model": str(zoo["a"])}]})
+    res = cli("search", recipe, "--run-dir", tmp_path / "run")
+    assert res.exit_code == 2 and "this is a merge recipe, not a search config" in res.output
+    # a run of another config says what differs; the config's budget never blames --budget
+    assert cli("search", cfg, "--run-dir", tmp_path / "r1", "--budget", "12", "-q"
+               ).exit_code == 0
+    res = cli("search", cfg, "--run-dir", tmp_path / "r1", "-q")  # config budget 40 < 12? no
+    assert res.exit_code == 0, res.output
+    other = digits(tmp_path, {"kind": "random", "sigma": 0.5}, name="other.yaml")
+    res = cli("search", other, "--run-dir", tmp_path / "r1")
+    assert res.exit_code == 2
+    assert "controller.sigma: 0.1 in the run, 0.5 here" in res.output
 
 
 # --- 3. Ctrl-C, progress, report -------------------------------------------------------------

@@ -156,6 +156,9 @@ def merge_to_directory(recipe: Recipe, out_dir: str | Path, options: MergeOption
         raise MergeError("route: layer-route (data-flow) recipes are not built by `merge` yet")
     if out_dir.exists() and not options.overwrite:
         raise MergeError(f"{out_dir}: output directory exists (pass --overwrite to replace it)")
+    if out_dir.exists():
+        check_replaceable(out_dir, [m for m in (recipe.base, *(s.model for s in
+                                                               recipe.sources)) if m])
     if options.device.startswith("cuda") and not torch.cuda.is_available():
         raise MergeError(f"device: {options.device} requested but CUDA is not available")
     base, sources = open_models(recipe, options)
@@ -345,6 +348,42 @@ def model_card(recipe: Recipe, out_dir: Path | None = None) -> str:
         f"Recipe digest: `{recipe.digest()}`\n\n## Recipe{where}\n\n"
         f"```yaml\n{recipe.portable(out_dir).to_yaml()}```\n"
     )
+
+
+# what a merge (or `save_pretrained`) writes into a model directory
+_MODEL_FILES = ("*.safetensors", "*.safetensors.index.json", "config.json",
+                "generation_config.json", "tokenizer*", "special_tokens_map.json", "vocab*",
+                "merges.txt", "added_tokens.json", "chat_template.jinja", "*.model",
+                "README.md", "evomerge_recipe.yaml", "mergekit_config.yml")
+
+
+def check_replaceable(out_dir: Path, inputs: list[str] | None = None) -> None:
+    """--overwrite replaces a model directory, never anything else: not a file, not the
+    current directory or one above it, not an input model, not a folder holding files a merge
+    does not write (a project, a run directory)."""
+    import fnmatch
+
+    target = out_dir.resolve()
+    if not out_dir.is_dir():
+        raise MergeError(f"{out_dir}: exists and is not a directory; --overwrite replaces only "
+                         "a model directory")
+    cwd = Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise MergeError(f"{out_dir}: is the current directory or contains it; choose a new "
+                         "output directory")
+    for ref in inputs or []:
+        p = Path(ref).expanduser()
+        if p.exists() and (p.resolve() == target or target in p.resolve().parents):
+            raise MergeError(f"{out_dir}: holds the input model {ref}; --overwrite would "
+                             "delete it")
+    foreign = sorted(x.name for x in out_dir.iterdir()
+                     if not (x.is_file() and any(fnmatch.fnmatch(x.name, pat)
+                                                 for pat in _MODEL_FILES)))
+    if foreign:
+        raise MergeError(f"{out_dir}: holds {foreign[0]!r}"
+                         f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}, "
+                         "which a merge does not write; --overwrite replaces only a model "
+                         "directory: choose another path or remove it yourself")
 
 
 def _replace_dir(tmp: Path, out_dir: Path) -> None:

@@ -41,6 +41,7 @@ class CMAESSettings:
 
 class CMAES(Controller):
     name = "cmaes"
+    outstanding_resumes = False  # a half-told generation checkpoints as it was when asked
 
     def __init__(self, x0: np.ndarray, lower: np.ndarray | None, upper: np.ndarray | None,
                  budget: int, settings: CMAESSettings | None = None, seed: int = 0):

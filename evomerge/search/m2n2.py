@@ -182,8 +182,8 @@ class M2N2(Controller):
 
     # --- ask / tell ------------------------------------------------------------------------
     def ask(self) -> list[Candidate]:
-        if self.pending_initial:
-            genome = self.pending_initial[0]
+        if self.pending_initial:  # taken when asked: several may be out at once (workers)
+            genome = self.pending_initial.pop(0)
             info: dict[str, Any] = {"initial": True}
         else:
             genome, info = self._child()
@@ -193,8 +193,6 @@ class M2N2(Controller):
 
     def tell(self, results: list[tuple[Candidate, Result]]) -> None:
         for cand, res in results:
-            if cand.info.get("initial"):
-                self.pending_initial.pop(0)
             if res.status != "ok" or res.scores is None:
                 continue  # a failed child never enters the archive
             row = np.asarray(res.scores, dtype=np.float64)[None, :]

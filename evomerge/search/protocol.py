@@ -44,6 +44,10 @@ class Controller(ABC):
     """ask() → candidates; tell(candidate, result) pairs; state round-trips for resume."""
 
     name: str = "controller"
+    # False when `state_dict` taken between ask and tell rolls back to before the ask (so a
+    # resume proposes those candidates again); True when asked candidates are gone from the
+    # state and the run loop must keep them itself (steady-state controllers)
+    outstanding_resumes: bool = True
 
     @abstractmethod
     def ask(self) -> list[Candidate]:

@@ -1,7 +1,30 @@
-"""Executors: where candidates are evaluated (DESIGN §2). The loop hands an executor jobs and
-collects outcomes as they finish; `inline` evaluates in the driver process."""
+"""Executors: where candidates are evaluated (DESIGN §2). `make_executor` is the one place
+that picks one from the config."""
 
-from evomerge.workers.base import Executor, Job, Outcome, evaluate_job
-from evomerge.workers.inline import InlineExecutor
+from __future__ import annotations
 
-__all__ = ["Executor", "InlineExecutor", "Job", "Outcome", "evaluate_job"]
+from typing import Any
+
+from evomerge.workers.base import Executor, Job, Outcome, WorkerError
+
+
+def make_executor(cfg: Any, task: Any, origin: str) -> Executor:
+    """The config's executor: inline, or Ray actors (`executor.kind: ray`)."""
+    e = cfg.executor
+    if e.kind == "inline":
+        from evomerge.workers.inline import InlineExecutor
+
+        return InlineExecutor(task)
+    from evomerge.workers.ray_executor import RayExecutor, RaySettings
+
+    gpus = e.gpus_per_worker
+    if gpus is None:
+        device = getattr(getattr(cfg.task, "candidate", None), "device", "cpu")
+        gpus = 1.0 if device.startswith("cuda") else 0.0
+    settings = RaySettings(workers=e.workers, address=e.address,
+                           cpus_per_worker=e.cpus_per_worker, gpus_per_worker=gpus,
+                           timeout_s=e.timeout_s, max_failures=e.max_failures)
+    return RayExecutor(cfg.model_dump(mode="json"), origin, settings)
+
+
+__all__ = ["Executor", "Job", "Outcome", "WorkerError", "make_executor"]

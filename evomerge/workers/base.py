@@ -49,10 +49,36 @@ def evaluate_job(worker: TaskWorker, job: Job) -> Outcome:
                        seconds=time.perf_counter() - t0)
 
 
+class WorkerError(RuntimeError):
+    """No worker is left to evaluate on (each failed too often); the run stays resumable."""
+
+
 class Executor(ABC):
+    """Runs up to `capacity` jobs at once: `submit` hands one over (never blocks), `wait`
+    blocks until one finishes and returns it with its outcome. The run loop keeps the
+    executor full, so a worker gets its next candidate the moment it returns one."""
+
+    capacity: int = 1
+
     @abstractmethod
+    def submit(self, job: Job) -> None:
+        """Start (or queue) a job; at most `capacity` are running."""
+
+    @abstractmethod
+    def wait(self) -> tuple[Job, Outcome]:
+        """The next finished job and its outcome (raises WorkerError when none can finish)."""
+
+    @abstractmethod
+    def running(self) -> int:
+        """Jobs submitted and not yet returned by `wait`."""
+
     def run(self, jobs: list[Job]) -> Iterator[tuple[Job, Outcome]]:
-        """Evaluate the jobs; yield each with its outcome as it finishes."""
+        """Evaluate a batch, yielding each job with its outcome as it finishes."""
+        queue = list(jobs)
+        while queue or self.running():
+            while queue and self.running() < self.capacity:
+                self.submit(queue.pop(0))
+            yield self.wait()
 
     def close(self) -> None:
         """Stop workers and free what they hold."""

@@ -3,19 +3,26 @@ replay, no serialisation, nothing to start)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from evomerge.tasks.base import Task
 from evomerge.workers.base import Executor, Job, Outcome, evaluate_job
 
 
 class InlineExecutor(Executor):
+    capacity = 1
+
     def __init__(self, task: Task):
         self.worker = task.worker()  # built now: a worker that cannot start fails the run here
+        self._jobs: list[Job] = []
 
-    def run(self, jobs: list[Job]) -> Iterator[tuple[Job, Outcome]]:
-        for job in jobs:
-            yield job, evaluate_job(self.worker, job)
+    def submit(self, job: Job) -> None:
+        self._jobs.append(job)
+
+    def wait(self) -> tuple[Job, Outcome]:
+        job = self._jobs.pop(0)
+        return job, evaluate_job(self.worker, job)
+
+    def running(self) -> int:
+        return len(self._jobs)
 
     def close(self) -> None:
         self.worker.close()
