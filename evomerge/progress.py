@@ -33,6 +33,10 @@ class Progress:
         self._done0, self._t0 = done, time.monotonic()
         self._done, self._best = done, None
         self._last_print = self._t0
+        if self.mode == "plain":  # a log shows at once that the search started
+            self.stream.write(f"{done}/{budget} trials done; a progress line every "
+                              f"{self.every:g} s\n")
+            self.stream.flush()
 
     def update(self, done: int, best: float | None) -> None:
         self._done, self._best = done, best

@@ -29,6 +29,12 @@ def format_report(data: dict[str, Any]) -> str:
     secs = data["seconds"]["evaluation"]
     if data["trials"]:
         out.append(f"evaluation time {secs:.1f} s ({secs / data['trials']:.2f} s per trial)")
+    use = data.get("workers")
+    if use:
+        share = ", ".join(f"{w}: {n}" for w, n in use["trials"].items())
+        util = f"{100 * use['utilisation']:.0f}%" if use["utilisation"] is not None else "-"
+        out.append(f"worker utilisation {util} over {use['count']} worker(s) on "
+                   f"{use['nodes']} node(s) (trials per worker: {share})")
     for e in data.get("errors", []):
         out.append(f"  {e['count']} x (first: trial {e['first_trial']}) {e['error'][:300]}")
     front = data["front"]

@@ -506,6 +506,8 @@ class _Loop:
                 self._finish(cand, res, fields)
                 continue
             if self.executor is None or not self.executor.running():
+                if self.queue and self.executor is not None:
+                    self.executor.wait()  # jobs but no worker to take them: it says why
                 if self.replay:
                     raise RunError(
                         f"{self.run_.trials_path}: the controller no longer proposes the "
@@ -704,6 +706,7 @@ def report(run_dir: str | Path) -> dict[str, Any]:
         "budget": run.cfg.budget,
         "failed": sum(1 for x in lines if x["status"] != "ok"),
         "errors": _common_errors(lines),
+        "workers": _worker_use(lines),
         "task": run.cfg.task.kind,
         "cache_hits": sum(1 for x in lines if "cached" in x),
         "best": front[0] if front else None,
@@ -714,6 +717,20 @@ def report(run_dir: str | Path) -> dict[str, Any]:
                     "controller_per_trial": timing.controller / n,
                     "logging_per_trial": timing.logging / n},
     }
+
+
+def _worker_use(lines: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Busy time over wall time across the workers (trials run on Ray carry `worker` and
+    `started`); None for a run evaluated inline."""
+    timed = [x for x in lines if "worker" in x and "started" in x]
+    if not timed:
+        return None
+    workers = sorted({x["worker"] for x in timed})
+    span = max(x["started"] + x["seconds"] for x in timed) - min(x["started"] for x in timed)
+    busy = sum(x["seconds"] for x in timed)
+    return {"count": len(workers), "nodes": len({x.get("node") for x in timed}),
+            "utilisation": busy / (len(workers) * span) if span > 0 else None,
+            "trials": {str(w): sum(1 for x in timed if x["worker"] == w) for w in workers}}
 
 
 def _common_errors(lines: list[dict[str, Any]], limit: int = 3) -> list[dict[str, Any]]:

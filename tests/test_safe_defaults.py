@@ -392,7 +392,8 @@ def test_progress_line_on_a_terminal_and_plain_lines_otherwise():
         p.update(done, 0.25)
     p.close()
     lines = plain.getvalue().splitlines()
-    assert lines[0].startswith("1/3 trials") and lines[-1].startswith("3/3 trials")
+    assert lines[0] == "0/3 trials done; a progress line every 0 s"
+    assert lines[1].startswith("1/3 trials") and lines[-1].startswith("3/3 trials")
     assert "\r" not in plain.getvalue()
     quiet = io.StringIO()
     p = Progress("quiet", quiet)
