@@ -46,6 +46,18 @@ class DigitsTaskSpec(BaseModel):
     expert_lr: float = Field(3e-3, gt=0)
 
 
+class SyntheticTaskSpec(BaseModel):
+    """A model-free task with heavy-tailed evaluation times (evomerge.tasks.synthetic): for
+    measuring schedulers and executors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["synthetic"]
+    dimension: int = Field(8, ge=1)
+    median_seconds: float = Field(0.2, ge=0)
+    tail: float = Field(1.0, ge=0, description="sigma of the log-normal evaluation time")
+
+
 class PSSpaceSpec(BaseModel):
     """Parameter space (evomerge.space.parameter): merge parameters per source × tensor kind ×
     layer group, every gene in [0, 1] scaled into its range."""
@@ -252,7 +264,8 @@ class SearchConfig(BaseModel):
     budget: int = Field(ge=1, description="evaluations")
     max_seconds: float | None = Field(None, gt=0)
     checkpoint_every: int = Field(500, ge=1)
-    task: Annotated[DigitsTaskSpec | MergeTaskSpec, Field(discriminator="kind")] = Field(
+    task: Annotated[DigitsTaskSpec | MergeTaskSpec | SyntheticTaskSpec,
+                    Field(discriminator="kind")] = Field(
         default_factory=DigitsTaskSpec)
     controller: ControllerSpec
     executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
@@ -299,8 +312,8 @@ _LATE_KEYS: list[tuple[tuple[str, ...], Any]] = [
 
 # pydantic puts the chosen member of a tagged union into error locations
 # (task.merge.space.ps.groups); users wrote task.space.groups
-_UNION_TAGS = frozenset({"digits", "merge", "ps", "seed_mixture", "lm_eval", "perplexity",
-                         "classification", "callable"})
+_UNION_TAGS = frozenset({"digits", "merge", "synthetic", "ps", "seed_mixture", "lm_eval",
+                         "perplexity", "classification", "callable"})
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None,

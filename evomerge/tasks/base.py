@@ -71,6 +71,8 @@ def task_objectives(cfg: Any) -> tuple[list[tuple[str, str]], dict[str, float]]:
         ref = {o.name: (o.reference if o.reference is not None else 0.0)
                for o in cfg.task.objectives}
         return objs, ref
+    if cfg.task.kind == "synthetic":
+        return [("score", "maximize")], {"score": 0.0}
     return [("accuracy", "maximize")], {"accuracy": 0.0}
 
 
@@ -81,6 +83,10 @@ def build_task(cfg: Any, origin: str = "<config>", prepare: bool = True) -> Task
         from evomerge.tasks.merge import MergeTask
 
         return MergeTask(cfg, origin, prepare)
+    if cfg.task.kind == "synthetic":
+        from evomerge.tasks.synthetic import SyntheticTask
+
+        return SyntheticTask(cfg)
     from evomerge.tasks.digits import DigitsTask
 
     return DigitsTask(cfg)
