@@ -247,3 +247,33 @@ def test_a_two_node_cluster_runs_the_demo_config_through_address(tmp_path, monke
                 p.kill()
             except psutil.NoSuchProcess:
                 pass
+
+
+def test_cuda_candidates_get_one_gpu_per_actor_up_to_the_device(tmp_path, slow_search):
+    """The CUDA path on a CPU machine: settings, the actor's device, and the actor's own
+    clear refusal when the machine has no CUDA (GPU runs: results/ when a device is lent)."""
+    import yaml
+
+    from evomerge.search_config import load_config
+    from evomerge.workers import ray_settings
+    from evomerge.workers.ray_executor import actor_config
+
+    make, _ = slow_search
+    data = yaml.safe_load(make(budget=4).read_text())
+    data["task"]["candidate"] = {"device": "cuda:1"}
+    cfg = load_config(write_yaml(tmp_path / "gpu.yaml", data))
+    assert ray_settings(cfg).gpus_per_worker == 1.0
+    assert actor_config(cfg.model_dump(mode="json")).task.candidate.device == "cuda"
+    if torch_cuda():
+        pytest.skip("this machine has CUDA: the refusal below is for CPU machines")
+    res = runner.invoke(app, ["search", str(tmp_path / "gpu.yaml"), "--run-dir",
+                              str(tmp_path / "r")])
+    assert res.exit_code == 2
+    assert "worker 0 could not start" in res.output and "CUDA is not available" in res.output
+    assert not (tmp_path / "r").exists()
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -15,16 +15,23 @@ def make_executor(cfg: Any, task: Any, origin: str) -> Executor:
         from evomerge.workers.inline import InlineExecutor
 
         return InlineExecutor(task)
-    from evomerge.workers.ray_executor import RayExecutor, RaySettings
+    from evomerge.workers.ray_executor import RayExecutor
 
+    return RayExecutor(cfg.model_dump(mode="json"), origin, ray_settings(cfg))
+
+
+def ray_settings(cfg: Any) -> Any:
+    """The Ray executor's settings: one GPU per actor when candidates live on CUDA."""
+    from evomerge.workers.ray_executor import RaySettings
+
+    e = cfg.executor
     gpus = e.gpus_per_worker
     if gpus is None:
         device = getattr(getattr(cfg.task, "candidate", None), "device", "cpu")
         gpus = 1.0 if device.startswith("cuda") else 0.0
-    settings = RaySettings(workers=e.workers, address=e.address,
-                           cpus_per_worker=e.cpus_per_worker, gpus_per_worker=gpus,
-                           timeout_s=e.timeout_s, max_failures=e.max_failures)
-    return RayExecutor(cfg.model_dump(mode="json"), origin, settings)
+    return RaySettings(workers=e.workers, address=e.address, cpus_per_worker=e.cpus_per_worker,
+                       gpus_per_worker=gpus, timeout_s=e.timeout_s,
+                       max_failures=e.max_failures)
 
 
-__all__ = ["Executor", "Job", "Outcome", "WorkerError", "make_executor"]
+__all__ = ["Executor", "Job", "Outcome", "WorkerError", "make_executor", "ray_settings"]

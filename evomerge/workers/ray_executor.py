@@ -22,21 +22,28 @@ from evomerge.workers.base import Executor, Job, Outcome, WorkerError, evaluate_
 log = logging.getLogger(__name__)
 
 
+def actor_config(config: dict[str, Any]) -> Any:
+    """The config as an actor runs it: Ray shows each GPU actor only its own GPU (as cuda:0),
+    so `cuda:N` becomes `cuda`."""
+    from evomerge.search_config import SearchConfig
+
+    cfg = SearchConfig.model_validate(config, context={"frozen": True})
+    candidate = getattr(cfg.task, "candidate", None)
+    if candidate is not None and candidate.device.startswith("cuda"):
+        candidate.device = "cuda"
+    return cfg
+
+
 class _Worker:
     """The actor body: builds the task's worker from the frozen config, then evaluates."""
 
     def __init__(self, config: dict[str, Any], origin: str, threads: int):
         import torch
 
-        from evomerge.search_config import SearchConfig
         from evomerge.tasks.base import build_task
 
         torch.set_num_threads(max(1, threads))
-        cfg = SearchConfig.model_validate(config, context={"frozen": True})
-        candidate = getattr(cfg.task, "candidate", None)
-        if candidate is not None and candidate.device.startswith("cuda"):
-            candidate.device = "cuda"  # Ray shows each GPU actor only its own GPU
-        self.worker = build_task(cfg, origin).worker()
+        self.worker = build_task(actor_config(config), origin).worker()
 
     def whoami(self) -> tuple[int, str]:
         import ray
