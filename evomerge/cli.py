@@ -153,9 +153,10 @@ def _run_search(make_run) -> None:
     except (ConfigError, RunError) as exc:
         _fail(str(exc))
     except WorkerError as exc:
-        saved = f"{run.state.trials} trials are saved; " if run and run.state else ""
-        where = f"evomerge resume {_quote(run.dir)}" if run else "evomerge resume RUN_DIR"
-        _fail(f"{exc}\n{saved}fix the cause, then continue with: {where}")
+        if run is None or run.state is None:
+            _fail(f"{exc}\nnothing was written")
+        _fail(f"{exc}\n{run.state.trials} trials are saved; fix the cause, then continue "
+              f"with: evomerge resume {_quote(run.dir)}")
     except KeyboardInterrupt:
         if run is None or run.state is None:
             typer.echo("\ninterrupted before the search started; nothing was written", err=True)

@@ -268,5 +268,11 @@ class RayExecutor(Executor):
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+    """The root error of a Ray exception in one line: Ray wraps an actor's own error (and its
+    traceback) in its message, whose last `SomeError: ...` line is what went wrong."""
+    import re
+
+    lines = [x.strip() for x in str(exc).splitlines() if x.strip()]
+    root = [x for x in lines if re.match(r"^[\w.]*(Error|Exception)\b.*:", x)]
+    text = root[-1] if root else f"{type(exc).__name__}: {lines[0] if lines else ''}"
+    return text[:500]
