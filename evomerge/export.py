@@ -47,6 +47,9 @@ def choose_trials(run: SearchRun, trial: int | None, best: bool, front: bool
             raise RunError(f"--trial: trial {trial} is not a successful trial of {run.dir} "
                            f"(trials 0-{max(x['trial'] for x in lines)})")
         return found
+    lines = [x for x in lines if x.get("fidelity", 1.0) >= 1]  # best/front: full fidelity
+    if not lines:
+        raise RunError(f"{run.trials_path}: no trial scored on the whole search split yet")
     if best:
         name, direction = objectives[0]
         sign = 1.0 if direction == "maximize" else -1.0

@@ -381,10 +381,10 @@ class SearchRun:
         archive = task.archive()
         cache: dict[str, dict[str, Any]] = {}
         for line in logged:
-            if line["status"] == "ok" and "cache_key" in line:
+            if line["status"] == "ok" and "cache_key" in line and _full(line):
                 cache.setdefault(line["cache_key"], line)
         for line in logged[: state.trials]:
-            if line["status"] == "ok":
+            if line["status"] == "ok" and _full(line):
                 archive.add(line["trial"], line["objectives"])
         loop = _Loop(self, task, controller, executor, archive, cache, state, progress)
         loop.replay = {line["id"]: line for line in logged[state.trials:]}
@@ -394,6 +394,8 @@ class SearchRun:
         for line in logged:
             loop.note_best(line)
             loop.ok_seen = loop.ok_seen or line["status"] == "ok"
+        for line in logged[: state.trials]:
+            loop.note_rungs(line)
         if progress is not None:
             progress.start(state.trials, self.cfg.budget, loop.primary)
         try:
@@ -469,6 +471,7 @@ class _Loop:
         self.done_here = 0
         self.log: Any = None
         self.replay: dict[int, dict[str, Any]] = {}
+        self.replayed_lines: dict[int, dict[str, Any]] = {}
         self.replay_capacity = 1
         self.capacity = executor.capacity if executor is not None else 1
         self.outstanding: dict[int, Candidate] = {}  # asked, not finished
@@ -477,12 +480,18 @@ class _Loop:
         self.fields: dict[int, dict[str, Any]] = {}
         self.payloads: dict[int, Any] = {}
         self.scored: dict[int, tuple[Result, dict[str, Any]]] = {}  # awaiting held-out
+        fid = run.cfg.fidelity
+        self.rungs = list(fid.rungs) if fid else [1.0]
+        self.promote = fid.promote if fid else 1.0
+        self.rung_values: dict[float, list[float]] = {}  # sign-adjusted primary, per rung
+        self.lower_rungs: dict[int, dict[str, dict[str, float]]] = {}  # per candidate
+        self.rung_seconds: dict[int, float] = {}
         self.last_checkpoint = state.trials
         self.ok_seen = False  # any successful trial in the run (logged ones included)
 
     def note_best(self, line: dict[str, Any]) -> None:
         value = (line.get("objectives") or {}).get(self.primary)
-        if line.get("status") == "ok" and value is not None and (
+        if line.get("status") == "ok" and value is not None and _full(line) and (
                 self.best_primary is None or self.sign * value > self.sign * self.best_primary):
             self.best_primary = value
 
@@ -545,6 +554,7 @@ class _Loop:
         self.outstanding[cand.id] = cand
         line = self.replay.pop(cand.id, None)
         if line is not None:
+            self.replayed_lines[cand.id] = line
             self.ready.append((cand, _result_from_line(line), None))
             return
         t0 = time.perf_counter()
@@ -565,7 +575,7 @@ class _Loop:
             self.ready.append((cand, res, {**fields, "cached": hit["trial"]}))
             return
         self.fields[cand.id], self.payloads[cand.id] = fields, payload
-        self.queue.append(Job(cand.id, payload))
+        self.queue.append(Job(cand.id, payload, fraction=self.rungs[0]))
 
     def _submit(self) -> None:
         while self.queue and self.executor is not None and \
@@ -585,7 +595,22 @@ class _Loop:
             self._finish(cand, res, fields)
             return
         res = self._result(cand, out)
+        res.seconds += self.rung_seconds.pop(cand.id, 0.0)
+        if job.fraction < 1:
+            if res.status == "ok" and self._promoted(job.fraction, res.objectives):
+                self.lower_rungs.setdefault(cand.id, {})[f"{job.fraction:g}"] = res.objectives
+                self.rung_seconds[cand.id] = res.seconds
+                nxt = self.rungs[self.rungs.index(job.fraction) + 1]
+                self.queue.insert(0, Job(cand.id, self.payloads[cand.id], fraction=nxt))
+                return
+            res.scores, res.fidelity = None, job.fraction  # M2N2's archive: full rows only
         fields = {**self.fields.pop(cand.id), **out.extra}
+        if len(self.rungs) > 1:
+            fields["fidelity"] = job.fraction
+            fields["rungs"] = self.lower_rungs.pop(cand.id, {})
+        if res.fidelity < 1:
+            self._finish(cand, res, fields)
+            return
         if res.status == "ok" and not self.archive.dominated(res.objectives):
             # a front entrant is also scored on the held-out split (the front is what the
             # user takes home); the trial finishes when that score is back
@@ -593,6 +618,26 @@ class _Loop:
             self.queue.insert(0, Job(cand.id, self.payloads[cand.id], "heldout"))
             return
         self._finish(cand, res, fields)
+
+    def _promoted(self, fraction: float, objectives: dict[str, float]) -> bool:
+        """Asynchronous successive halving: on to the next rung if in the best `promote`
+        share of everything scored at this rung so far (the first one always is)."""
+        value = self.sign * objectives[self.primary]
+        seen = self.rung_values.setdefault(fraction, [])
+        better = sum(1 for v in seen if v > value)
+        seen.append(value)
+        return better < max(1, int(len(seen) * self.promote))
+
+    def note_rungs(self, line: dict[str, Any]) -> None:
+        """Rung statistics from a logged trial (on resume and replay)."""
+        if line["status"] != "ok":
+            return
+        for f, objectives in (line.get("rungs") or {}).items():
+            self.rung_values.setdefault(float(f), []).append(
+                self.sign * objectives[self.primary])
+        if line.get("fidelity", 1.0) < 1:
+            self.rung_values.setdefault(line["fidelity"], []).append(
+                self.sign * line["objectives"][self.primary])
 
     def _result(self, cand: Candidate, out: Outcome) -> Result:
         if out.status != "ok":
@@ -608,7 +653,9 @@ class _Loop:
         state = self.state
         self.outstanding.pop(cand.id, None)
         self.payloads.pop(cand.id, None)
-        if res.status == "ok":
+        if fields is None and len(self.rungs) > 1:  # replayed: its rungs count as they did
+            self.note_rungs(self.replayed_lines.pop(cand.id))
+        if res.status == "ok" and res.fidelity >= 1:
             self.archive.add(state.trials, res.objectives)
         if fields is not None:
             t1 = time.perf_counter()
@@ -617,7 +664,7 @@ class _Loop:
             state.timing.logging += time.perf_counter() - t1
             self.done_here += 1
             key = fields.get("cache_key")
-            if key and res.status == "ok" and "cached" not in fields:
+            if key and res.status == "ok" and "cached" not in fields and res.fidelity >= 1:
                 self.cache.setdefault(key, line)
         if res.heldout is not None and (
                 state.best is None
@@ -631,7 +678,8 @@ class _Loop:
         self.controller.tell([(cand, res)])
         state.timing.controller += time.perf_counter() - t0
         if fields is not None:
-            self.note_best({"status": res.status, "objectives": res.objectives})
+            self.note_best({"status": res.status, "objectives": res.objectives,
+                            "fidelity": res.fidelity})
             if self.progress is not None:
                 self.progress.update(state.trials, self.best_primary)
         self._maybe_checkpoint()
@@ -673,11 +721,17 @@ def _line(trial: int, cand: Candidate, res: Result, fields: dict[str, Any]
     return line
 
 
+def _full(line: dict[str, Any]) -> bool:
+    """Scored on the whole search split (multi-fidelity runs also log lower rungs)."""
+    return line.get("fidelity", 1.0) >= 1
+
+
 def _result_from_line(line: dict[str, Any]) -> Result:
     fitness = line["fitness"] if line["fitness"] is not None else -np.inf
     scores = decode_scores(line["scores"]) if "scores" in line else None
     return Result(line["id"], fitness, line["objectives"], scores, line["status"],
-                  line.get("heldout"), line["seconds"], line.get("error"))
+                  line.get("heldout"), line["seconds"], line.get("error"),
+                  line.get("fidelity", 1.0))
 
 
 def report(run_dir: str | Path) -> dict[str, Any]:
@@ -691,7 +745,7 @@ def report(run_dir: str | Path) -> dict[str, Any]:
     archive = ParetoArchive([Objective(n, d) for n, d in objectives], reference)
     by_trial = {}
     for line in lines:
-        if line["status"] == "ok":
+        if line["status"] == "ok" and _full(line):
             archive.add(line["trial"], line["objectives"])
             by_trial[line["trial"]] = line
     front = [{"trial": e.trial_id, "objectives": e.values,
@@ -709,6 +763,7 @@ def report(run_dir: str | Path) -> dict[str, Any]:
         "workers": _worker_use(lines),
         "task": run.cfg.task.kind,
         "cache_hits": sum(1 for x in lines if "cached" in x),
+        "low_fidelity": sum(1 for x in lines if not _full(x)),
         "best": front[0] if front else None,
         "front": front,
         "hypervolume": {"reference_point": archive.reference_point,

@@ -256,6 +256,26 @@ class ExecutorSpec(BaseModel):
     max_failures: int = Field(3, ge=1)  # a worker failing this often in a row is retired
 
 
+class FidelitySpec(BaseModel):
+    """Multi-fidelity (asynchronous successive halving): every candidate is scored on the
+    leading `rungs[0]` share of the search split first; after each rung it goes on to the
+    next only if its primary objective is in the best `promote` share of everything scored
+    at that rung so far. Only full-fidelity trials enter the Pareto front."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rungs: list[float] = Field(min_length=2)
+    promote: float = Field(gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _increasing(self) -> FidelitySpec:
+        r = self.rungs
+        if any(not 0 < a < b for a, b in zip(r, r[1:], strict=False)) or r[-1] != 1.0 or \
+                r[0] <= 0:
+            raise ValueError(f"rungs: {r} must increase strictly from above 0 to 1.0")
+        return self
+
+
 class SearchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -269,6 +289,7 @@ class SearchConfig(BaseModel):
         default_factory=DigitsTaskSpec)
     controller: ControllerSpec
     executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
+    fidelity: FidelitySpec | None = None  # multi-fidelity rungs; None: every trial in full
 
     @model_validator(mode="before")
     @classmethod
@@ -305,6 +326,7 @@ class SearchConfig(BaseModel):
 
 
 _LATE_KEYS: list[tuple[tuple[str, ...], Any]] = [
+    (("fidelity",), None),
     (("controller", "allow_high_dimension"), False),
     (("task", "candidate", "selection_cache_gib"), None),
 ]

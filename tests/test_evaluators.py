@@ -149,6 +149,12 @@ def test_lm_eval_split_by_fraction_and_options_pass_through(lm, tasks):
     p2 = ev.evaluate(model, tok, "search").samples["mc_search/p_correct"]
     p0 = full.evaluate(model, tok, "search").samples["mc_search/p_correct"][:5]
     assert not np.allclose(p2, p0)
+    # a multi-fidelity rung scores the leading share of the split's documents, the same ones
+    whole = full.evaluate(model, tok, "search").samples["mc_search/p_correct"]
+    rung = full.evaluate(model, tok, "search", fraction=0.25).samples["mc_search/p_correct"]
+    assert len(rung) == 5  # ceil(0.25 x 18)
+    np.testing.assert_allclose(rung, whole[:5], rtol=1e-5)
+    assert len(ev.evaluate(model, tok, "search", 0.5).samples["mc_search/acc"]) == 3  # of 5
 
 
 def test_lm_eval_task_objects_are_built_once(lm, tasks, monkeypatch):
@@ -202,6 +208,8 @@ def test_perplexity_matches_the_models_own_loss(lm, tmp_path):
     np.testing.assert_allclose(out.samples["perplexity"], np.exp(-np.array(nll) / n), rtol=1e-4)
     assert out.metrics["perplexity"] == pytest.approx(math.exp(sum(nll) / sum(n)), rel=1e-4)
     assert len(ev.evaluate(model, tok, "heldout").samples["nll"]) == 2
+    rung = ev.evaluate(model, tok, "search", fraction=0.5)  # a multi-fidelity rung
+    np.testing.assert_allclose(rung.samples["perplexity"], out.samples["perplexity"][:3])
 
 
 def test_classification_accuracy_matches_direct_scoring(lm, tmp_path):
@@ -220,6 +228,8 @@ def test_classification_accuracy_matches_direct_scoring(lm, tmp_path):
     z = np.exp(ll - ll.max(1, keepdims=True))
     np.testing.assert_allclose(out.samples["p_label"], z[np.arange(6), gold] / z.sum(1),
                                rtol=1e-4)
+    rung = ev.evaluate(model, tok, "search", fraction=0.3)  # ceil(0.3 x 6) = 2 items
+    np.testing.assert_array_equal(rung.samples["accuracy"], out.samples["accuracy"][:2])
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "w1", "label": "w2"}\n{oops\n')
     with pytest.raises(EvaluatorError, match="bad.jsonl: line 2: not valid JSON"):

@@ -21,6 +21,11 @@ Split = Literal["search", "heldout"]
 SPLITS: tuple[Split, ...] = ("search", "heldout")
 
 
+def leading(n: int, fraction: float) -> int:
+    """How many leading items a fraction of n keeps (at least one)."""
+    return n if fraction >= 1 else max(1, min(n, int(np.ceil(fraction * n))))
+
+
 class EvaluatorError(ValueError):
     """An evaluator that cannot be built or run; the message names the file or field."""
 
@@ -45,7 +50,10 @@ class Evaluator(ABC):
     def metrics(self) -> list[str]: ...
 
     @abstractmethod
-    def evaluate(self, model: Any, tokenizer: Any, split: Split) -> Evaluation: ...
+    def evaluate(self, model: Any, tokenizer: Any, split: Split, fraction: float = 1.0
+                 ) -> Evaluation:
+        """Metrics and per-sample scores; `fraction` < 1 scores the leading share of the
+        search split only (multi-fidelity rungs)."""
 
 
 def build_evaluator(spec: Any, origin: str = "<config>") -> Evaluator:

@@ -18,6 +18,7 @@ from evomerge.evaluate.base import (
     EvaluatorError,
     Split,
     field_of,
+    leading,
     split_records,
 )
 from evomerge.evaluate.scoring import continuation_logprobs
@@ -69,12 +70,14 @@ class ClassificationEvaluator(Evaluator):
                 self._pairs[s] = pairs
         return self._pairs
 
-    def evaluate(self, model: Any, tokenizer: Any, split: Split) -> Evaluation:
-        pairs = self._tokenised(tokenizer)[split]
+    def evaluate(self, model: Any, tokenizer: Any, split: Split, fraction: float = 1.0
+                 ) -> Evaluation:
+        items = self.items[split][:leading(len(self.items[split]), fraction)]
+        pairs = self._tokenised(tokenizer)[split][:len(items) * len(self.labels)]
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         sums, _ = continuation_logprobs(model, pairs, self.spec.batch_size, pad)
-        ll = np.asarray(sums).reshape(len(self.items[split]), len(self.labels))
-        gold = np.array([self.labels.index(lab) for _, lab in self.items[split]])
+        ll = np.asarray(sums).reshape(len(items), len(self.labels))
+        gold = np.array([self.labels.index(lab) for _, lab in items])
         correct = (ll.argmax(axis=1) == gold).astype(np.float32)
         z = np.exp(ll - ll.max(axis=1, keepdims=True))
         p = (z[np.arange(len(gold)), gold] / z.sum(axis=1)).astype(np.float32)

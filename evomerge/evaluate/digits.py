@@ -13,6 +13,8 @@ from typing import Literal
 
 import numpy as np
 
+from evomerge.evaluate.base import leading
+
 N_IN, N_HIDDEN, N_OUT = 64, 256, 10
 N_PARAMS = N_IN * N_HIDDEN + N_HIDDEN + N_HIDDEN * N_OUT + N_OUT  # 19,210
 
@@ -110,13 +112,16 @@ class DigitsEvaluator:
     def heldout_accuracy(self, theta: np.ndarray) -> float:
         return float(np.mean(predict(theta, self._x_test) == self.data.y_test))
 
-    def evaluate(self, theta: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
-        out = logits(theta, self._x_train)
-        correct = (np.argmax(out, axis=1) == self.data.y_train).astype(np.float32)
+    def evaluate(self, theta: np.ndarray, fraction: float = 1.0
+                 ) -> tuple[dict[str, float], np.ndarray]:
+        k = leading(len(self.data.y_train), fraction)
+        out = logits(theta, self._x_train[:k])
+        y = self.data.y_train[:k]
+        correct = (np.argmax(out, axis=1) == y).astype(np.float32)
         accuracy = float(correct.mean())
         if self.score_kind == "correct":
             return {"accuracy": accuracy}, correct
-        return {"accuracy": accuracy}, p_correct(out, self.data.y_train).astype(np.float32)
+        return {"accuracy": accuracy}, p_correct(out, y).astype(np.float32)
 
     def heldout(self, theta: np.ndarray) -> dict[str, float]:
         return {"accuracy": self.heldout_accuracy(theta)}

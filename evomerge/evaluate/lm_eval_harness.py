@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from evomerge.evaluate.base import Evaluation, Evaluator, EvaluatorError, Split
+from evomerge.evaluate.base import Evaluation, Evaluator, EvaluatorError, Split, leading
 
 # simple_evaluate arguments this evaluator owns: the model, the task objects, per-sample logs
 # and the split's documents; a request cache would hand one candidate another's answers.
@@ -182,6 +182,24 @@ class LMEvalEvaluator(Evaluator):
     def metrics(self) -> list[str]:
         return list(self._metrics)
 
+    @staticmethod
+    def _leading_docs(side: _Side, fraction: float, options: dict[str, Any]
+                      ) -> dict[str, list[int]]:
+        """The leading share of each task's documents (of the split's ids, or of `limit`)."""
+        out = {}
+        for task in side.objs:
+            name = task.task_name
+            if side.samples is not None and name in side.samples:
+                ids = list(side.samples[name])
+            else:
+                n = len(task.eval_docs)
+                limit = options.get("limit")
+                if limit is not None:
+                    n = min(n, int(limit if limit >= 1 else limit * n))
+                ids = list(range(n))
+            out[name] = ids[:leading(len(ids), fraction)]
+        return out
+
     def _hflm(self, model: Any, tokenizer: Any) -> Any:
         if self._lm is None or self._lm_model is not model:
             from lm_eval.models.huggingface import HFLM
@@ -192,17 +210,20 @@ class LMEvalEvaluator(Evaluator):
             self._lm_model = model
         return self._lm
 
-    def evaluate(self, model: Any, tokenizer: Any, split: Split) -> Evaluation:
+    def evaluate(self, model: Any, tokenizer: Any, split: Split, fraction: float = 1.0
+                 ) -> Evaluation:
         import lm_eval
 
         side = self.sides[split]
         options = {"bootstrap_iters": 0, "verbosity": "ERROR", **self.spec.options}
-        if side.samples is not None:
+        samples = side.samples if fraction >= 1 else self._leading_docs(side, fraction,
+                                                                         options)
+        if samples is not None:
             options.pop("limit", None)  # already applied to the split's document ids
         with _per_candidate_call():
             out = lm_eval.simple_evaluate(
                 model=self._hflm(model, tokenizer), tasks=side.objs, task_manager=self.tm,
-                log_samples=True, samples=side.samples, **options)
+                log_samples=True, samples=samples, **options)
         if out is None:
             raise EvaluatorError(f"evaluators.{self.name}: lm-eval returned no results")
         metrics: dict[str, float] = {}

@@ -19,6 +19,7 @@ from evomerge.evaluate.base import (
     EvaluatorError,
     Split,
     field_of,
+    leading,
     split_records,
 )
 from evomerge.evaluate.scoring import continuation_logprobs, windows
@@ -46,8 +47,10 @@ class PerplexityEvaluator(Evaluator):
                                      "than two tokens, so nothing in it can be predicted")
         return self._ids
 
-    def evaluate(self, model: Any, tokenizer: Any, split: Split) -> Evaluation:
+    def evaluate(self, model: Any, tokenizer: Any, split: Split, fraction: float = 1.0
+                 ) -> Evaluation:
         docs = self._tokenised(tokenizer)[split]
+        docs = docs[:leading(len(docs), fraction)]
         pairs, owner = [], []
         for d, ids in enumerate(docs):
             for w in windows(ids, self.spec.max_length):

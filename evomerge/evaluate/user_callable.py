@@ -43,8 +43,10 @@ class CallableEvaluator(Evaluator):
     def metrics(self) -> list[str]:
         return list(self.spec.metrics)
 
-    def evaluate(self, model: Any, tokenizer: Any, split: Split) -> Evaluation:
-        out = self.fn(model, tokenizer, split=split, **self.spec.options)
+    def evaluate(self, model: Any, tokenizer: Any, split: Split, fraction: float = 1.0
+                 ) -> Evaluation:
+        extra = {"fraction": fraction} if fraction < 1 else {}
+        out = self.fn(model, tokenizer, split=split, **extra, **self.spec.options)
         metrics, samples = (out if isinstance(out, tuple) and len(out) == 2 else (out, {}))
         if not isinstance(metrics, dict):
             raise EvaluatorError(f"evaluators.{self.name}: {self.spec.function} returned "

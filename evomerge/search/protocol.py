@@ -38,6 +38,7 @@ class Result:
     heldout: dict[str, float] | None = None
     seconds: float = 0.0
     error: str | None = None
+    fidelity: float = 1.0  # the share of the search split it was scored on
 
 
 class Controller(ABC):

@@ -29,9 +29,11 @@ class TaskWorker(ABC):
     """Evaluates decoded candidates; built once per worker (heavy state lives here)."""
 
     @abstractmethod
-    def evaluate(self, payload: Any, split: str) -> tuple[dict[str, float], np.ndarray | None,
-                                                          dict[str, Any]]:
-        """(objectives, per-sample scores on the search split or None, extra log fields)."""
+    def evaluate(self, payload: Any, split: str, fraction: float = 1.0
+                 ) -> tuple[dict[str, float], np.ndarray | None, dict[str, Any]]:
+        """(objectives, per-sample scores on the search split or None, extra log fields).
+        `fraction` < 1: score on that leading share of the search split only (a cheaper,
+        noisier estimate for multi-fidelity runs)."""
 
     def close(self) -> None:
         """Release what the worker holds."""

@@ -15,10 +15,10 @@ class DigitsWorker(TaskWorker):
     def __init__(self, evaluator: Any):
         self.ev = evaluator
 
-    def evaluate(self, payload: Any, split: str):
+    def evaluate(self, payload: Any, split: str, fraction: float = 1.0):
         if split == "heldout":
             return self.ev.heldout(payload), None, {}
-        objectives, scores = self.ev.evaluate(payload)
+        objectives, scores = self.ev.evaluate(payload, fraction)
         return objectives, scores, {}
 
 

@@ -39,11 +39,11 @@ class MergeWorker(TaskWorker):
         self.needs_scores = needs_scores
         self.sample_scores = spec.sample_scores
 
-    def evaluate(self, payload: Recipe, split: str):
+    def evaluate(self, payload: Recipe, split: str, fraction: float = 1.0):
         t0 = time.perf_counter()
         model = self.builder.build(payload)
         t1 = time.perf_counter()
-        outs = {name: ev.evaluate(model, self.tokenizer, split)
+        outs = {name: ev.evaluate(model, self.tokenizer, split, fraction)
                 for name, ev in self.evaluators.items()}
         t2 = time.perf_counter()
         objectives: dict[str, float] = {}

@@ -21,6 +21,7 @@ class Job:
     candidate_id: int
     payload: Any
     split: str = "search"
+    fraction: float = 1.0  # of the search split (multi-fidelity rungs); held-out is whole
 
 
 @dataclass
@@ -37,7 +38,7 @@ def evaluate_job(worker: TaskWorker, job: Job) -> Outcome:
     """Run one job on a worker: exceptions and NaN/inf objectives become failed outcomes."""
     t0 = time.perf_counter()
     try:
-        objectives, scores, extra = worker.evaluate(job.payload, job.split)
+        objectives, scores, extra = worker.evaluate(job.payload, job.split, job.fraction)
         bad = [k for k, v in objectives.items() if not math.isfinite(v)]
         if bad:
             raise ValueError(f"objective {bad[0]} is {objectives[bad[0]]}")
