@@ -29,6 +29,9 @@ def format_report(data: dict[str, Any]) -> str:
     secs = data["seconds"]["evaluation"]
     if data["trials"]:
         out.append(f"evaluation time {secs:.1f} s ({secs / data['trials']:.2f} s per trial)")
+    if data.get("low_fidelity"):
+        out.append(f"{data['low_fidelity']} trial(s) stopped at a lower fidelity rung "
+                   "(multi-fidelity; not in the front)")
     use = data.get("workers")
     if use:
         share = ", ".join(f"{w}: {n}" for w, n in use["trials"].items())

@@ -483,6 +483,7 @@ class _Loop:
         fid = run.cfg.fidelity
         self.rungs = list(fid.rungs) if fid else [1.0]
         self.promote = fid.promote if fid else 1.0
+        self.window = fid.window if fid else None
         self.rung_values: dict[float, list[float]] = {}  # sign-adjusted primary, per rung
         self.lower_rungs: dict[int, dict[str, dict[str, float]]] = {}  # per candidate
         self.rung_seconds: dict[int, float] = {}
@@ -621,12 +622,14 @@ class _Loop:
 
     def _promoted(self, fraction: float, objectives: dict[str, float]) -> bool:
         """Asynchronous successive halving: on to the next rung if in the best `promote`
-        share of everything scored at this rung so far (the first one always is)."""
+        share of the last `window` results at this rung (the first one always is)."""
         value = self.sign * objectives[self.primary]
         seen = self.rung_values.setdefault(fraction, [])
-        better = sum(1 for v in seen if v > value)
+        recent = seen[-(self.window - 1):] if self.window and self.window > 1 else \
+            ([] if self.window == 1 else seen)
+        better = sum(1 for v in recent if v > value)
         seen.append(value)
-        return better < max(1, int(len(seen) * self.promote))
+        return better < max(1, int((len(recent) + 1) * self.promote))
 
     def note_rungs(self, line: dict[str, Any]) -> None:
         """Rung statistics from a logged trial (on resume and replay)."""

@@ -259,13 +259,16 @@ class ExecutorSpec(BaseModel):
 class FidelitySpec(BaseModel):
     """Multi-fidelity (asynchronous successive halving): every candidate is scored on the
     leading `rungs[0]` share of the search split first; after each rung it goes on to the
-    next only if its primary objective is in the best `promote` share of everything scored
-    at that rung so far. Only full-fidelity trials enter the Pareto front."""
+    next only if its primary objective is in the best `promote` share of the last `window`
+    results at that rung. Only full-fidelity trials enter the Pareto front. (With the whole
+    history instead of a window, an improving controller beats its rung's early, poor
+    candidates nearly every time and nearly everything is promoted: measured on digits.)"""
 
     model_config = ConfigDict(extra="forbid")
 
     rungs: list[float] = Field(min_length=2)
     promote: float = Field(gt=0, lt=1)
+    window: int | None = Field(200, ge=1)  # None: every result so far (classic ASHA)
 
     @model_validator(mode="after")
     def _increasing(self) -> FidelitySpec:

@@ -22,7 +22,7 @@ def config(tmp_path: Path, controller: dict, task: dict | None = None, budget: i
         "name": "mf", "seed": 2, "budget": budget, "checkpoint_every": 7,
         "controller": controller,
         "task": task or {"kind": "synthetic", "dimension": 8, "median_seconds": 0},
-        "fidelity": {"rungs": [0.25, 0.5, 1.0], "promote": 0.34, **fidelity}})
+        "fidelity": {"rungs": [0.25, 0.5, 1.0], "promote": 0.34, "window": 30, **fidelity}})
 
 
 def lines(run_dir: Path) -> list[dict]:
@@ -46,17 +46,25 @@ def test_rungs_promote_the_best_share_and_only_full_trials_reach_the_front(tmp_p
         below = [f for f in (0.25, 0.5) if f < x["fidelity"]]
         assert sorted(float(f) for f in x["rungs"]) == below
         assert ("scores" in x) == (x["fidelity"] == 1.0)  # partial scores never reach M2N2
-    # promotion by rank: a trial that went on beat most of what its rung had seen
+    # promotion by rank: a trial goes on exactly when it is in the best third of the last 30
+    # results at its first rung
     seen: list[float] = []
     for x in log:
         v = x["rungs"]["0.25"]["score"] if "0.25" in x["rungs"] else x["objectives"]["score"]
-        if x["fidelity"] > 0.25:
-            assert sum(s > v for s in seen) < max(1, int((len(seen) + 1) * 0.34))
+        recent = seen[-29:]
+        promoted = sum(s > v for s in recent) < max(1, int((len(recent) + 1) * 0.34))
+        assert (x["fidelity"] > 0.25) == (promoted and x["status"] == "ok")
         seen.append(v)
     full = {x["trial"] for x in log if x["fidelity"] == 1.0}
     rep = report(tmp_path / "r")
     assert rep["front"] and {e["trial"] for e in rep["front"]} <= full
     assert rep["low_fidelity"] == 90 - count[1.0]
+    from typer.testing import CliRunner
+
+    from evomerge.cli import app
+
+    text = CliRunner().invoke(app, ["report", str(tmp_path / "r")]).output
+    assert f"{90 - count[1.0]} trial(s) stopped at a lower fidelity rung" in text
 
 
 def test_a_multi_fidelity_run_resumes_exactly(tmp_path):
