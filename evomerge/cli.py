@@ -87,7 +87,8 @@ def merge(
                f"in {summary.seconds:.2f}s")
 
 
-@app.command("export-recipe")
+@app.command("export-recipe",
+             short_help="Write a recipe as mergekit YAML (or a normalised evomerge recipe).")
 def export_recipe(
     recipe: Annotated[Path, typer.Argument(help="Recipe file (evomerge or mergekit YAML).")],
     format: Annotated[ExportFormat, typer.Option(help="Output format.")] = ExportFormat.mergekit,
@@ -219,7 +220,7 @@ def resume(
                          Progress("quiet" if quiet else None)))
 
 
-@app.command("report")
+@app.command("report", short_help="Summarise a run: counts, errors, workers and the Pareto front.")
 def report_cmd(
     run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -238,7 +239,7 @@ def report_cmd(
     typer.echo(json.dumps(data, indent=2) if as_json else format_report(data))
 
 
-@app.command()
+@app.command(short_help="Write searched trials as merged model directories.")
 def export(
     run_dir: Annotated[Path, typer.Argument(help="Run directory of a merge search.")],
     to: Annotated[Path, typer.Option("--to", help="Model directory to write (with --front: "
@@ -268,7 +269,8 @@ def export(
         typer.echo(f"exported {out}")
 
 
-@app.command("build-zoo")
+@app.command("build-zoo",
+             short_help="Build small example Llama sources and lm-eval tasks, offline.")
 def build_zoo(
     out_dir: Annotated[Path, typer.Argument(help="Where to write base/, math/, code/, chat/.")],
     size: Annotated[str, typer.Option(help="tiny (~0.2M parameters) or small (~6.6M).")]
