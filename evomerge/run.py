@@ -396,6 +396,8 @@ class SearchRun:
             loop.ok_seen = loop.ok_seen or line["status"] == "ok"
         for line in logged[: state.trials]:
             loop.note_rungs(line)
+        if ckpt is None and executor is not None:  # resume needs the capacity from trial 0
+            self._checkpoint(controller, state, [], loop.capacity)
         if progress is not None:
             progress.start(state.trials, self.cfg.budget, loop.primary)
         try:
@@ -555,6 +557,11 @@ class _Loop:
         self.outstanding[cand.id] = cand
         line = self.replay.pop(cand.id, None)
         if line is not None:
+            if not _same_genome(line, cand.genome):
+                raise RunError(
+                    f"{self.run_.trials_path}: trial {line['trial']} (id {cand.id}) was logged "
+                    "for another genome than the controller proposes now; the run cannot be "
+                    "continued exactly")
             self.replayed_lines[cand.id] = line
             self.ready.append((cand, _result_from_line(line), None))
             return
@@ -599,7 +606,7 @@ class _Loop:
         res.seconds += self.rung_seconds.pop(cand.id, 0.0)
         if job.fraction < 1:
             if res.status == "ok" and self._promoted(job.fraction, res.objectives):
-                self.lower_rungs.setdefault(cand.id, {})[f"{job.fraction:g}"] = res.objectives
+                self.lower_rungs.setdefault(cand.id, {})[repr(job.fraction)] = res.objectives
                 self.rung_seconds[cand.id] = res.seconds
                 nxt = self.rungs[self.rungs.index(job.fraction) + 1]
                 self.queue.insert(0, Job(cand.id, self.payloads[cand.id], fraction=nxt))
@@ -632,13 +639,12 @@ class _Loop:
         return better < max(1, int((len(recent) + 1) * self.promote))
 
     def note_rungs(self, line: dict[str, Any]) -> None:
-        """Rung statistics from a logged trial (on resume and replay)."""
-        if line["status"] != "ok":
-            return
+        """Rung statistics from a logged trial (on resume and replay): the rungs it passed
+        count whatever became of it later."""
         for f, objectives in (line.get("rungs") or {}).items():
             self.rung_values.setdefault(float(f), []).append(
                 self.sign * objectives[self.primary])
-        if line.get("fidelity", 1.0) < 1:
+        if line["status"] == "ok" and line.get("fidelity", 1.0) < 1:
             self.rung_values.setdefault(line["fidelity"], []).append(
                 self.sign * line["objectives"][self.primary])
 
@@ -656,10 +662,14 @@ class _Loop:
         state = self.state
         self.outstanding.pop(cand.id, None)
         self.payloads.pop(cand.id, None)
-        if fields is None and len(self.rungs) > 1:  # replayed: its rungs count as they did
-            self.note_rungs(self.replayed_lines.pop(cand.id))
+        # a replayed trial keeps its logged number (with several workers trials finish out of
+        # the order they are asked, which is the order they replay in)
+        replayed = self.replayed_lines.pop(cand.id) if fields is None else None
+        number = replayed["trial"] if replayed is not None else state.trials
+        if replayed is not None and len(self.rungs) > 1:  # its rungs count as they did
+            self.note_rungs(replayed)
         if res.status == "ok" and res.fidelity >= 1:
-            self.archive.add(state.trials, res.objectives)
+            self.archive.add(number, res.objectives)
         if fields is not None:
             t1 = time.perf_counter()
             line = _line(state.trials, cand, res, fields)
@@ -673,7 +683,7 @@ class _Loop:
                 state.best is None
                 or self.sign * res.objectives[self.primary]
                 > self.sign * state.best["objectives"][self.primary]):
-            state.best = {"trial": state.trials, "objectives": res.objectives,
+            state.best = {"trial": number, "objectives": res.objectives,
                           "heldout": res.heldout}
             state.best_genome = cand.genome
         state.trials += 1
@@ -697,7 +707,7 @@ class _Loop:
     def _maybe_checkpoint(self) -> None:
         state = self.state
         every_trial = self.capacity > 1 and self.controller.outstanding_resumes
-        if self.outstanding and not every_trial:
+        if (self.outstanding or not self.controller.at_boundary()) and not every_trial:
             return  # CMA-ES mid-generation (or a serial run between asks): not a boundary
         if not (every_trial or state.trials - self.last_checkpoint >= self.cfg.checkpoint_every
                 or state.trials >= self.cfg.budget):
@@ -705,7 +715,9 @@ class _Loop:
         self.log.flush()
         os.fsync(self.log.fileno())
         out = list(self.outstanding.values()) if self.controller.outstanding_resumes else []
-        self.run_._checkpoint(self.controller, state, out, self.capacity)
+        # the capacity the trials since the last checkpoint were asked under
+        capacity = self.replay_capacity if self.replay else self.capacity
+        self.run_._checkpoint(self.controller, state, out, capacity)
         self.last_checkpoint = state.trials
 
 
@@ -722,6 +734,16 @@ def _line(trial: int, cand: Candidate, res: Result, fields: dict[str, Any]
     if res.error:
         line["error"] = res.error
     return line
+
+
+def _same_genome(line: dict[str, Any], genome: np.ndarray) -> bool:
+    """A replayed line belongs to this genome (lines keep the genome or its digest)."""
+    if "genome" in line:
+        return np.array_equal(np.asarray(line["genome"], dtype=np.float64),
+                              np.asarray(genome, dtype=np.float64))
+    if "genome_digest" in line:
+        return line["genome_digest"] == genome_digest(genome)
+    return True
 
 
 def _full(line: dict[str, Any]) -> bool:

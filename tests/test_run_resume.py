@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from evomerge.cli import app
-from evomerge.run import SearchRun, as_logged, decode_scores, encode_scores
+from evomerge.run import RunError, SearchRun, as_logged, decode_scores, encode_scores
 
 from .conftest import write_yaml
 
@@ -152,8 +152,6 @@ def test_sigkill_at_a_random_moment_loses_no_finished_evaluation(tmp_path):
 
 
 def test_resume_refuses_a_log_the_controller_cannot_replay(tmp_path):
-    from evomerge.run import RunError
-
     run = SearchRun.create(config(tmp_path), tmp_path / "r")
     run.run(stop_after=70)  # checkpoint at 50, trials 50..69 only in the log
     log = tmp_path / "r" / "trials.jsonl"
@@ -175,3 +173,26 @@ def test_init_members_sets_how_many_random_members_start_the_archive(tmp_path, i
     state = pickle.loads((tmp_path / "run" / "checkpoint.pkl").read_bytes())["controller"]
     assert len(state["pending_initial"]) == pending  # archive_size 6: 6 initial by default
     assert len(state["genomes"]) == 4  # not full yet: nothing evicted
+
+
+def test_cmaes_cut_by_the_budget_resumes_to_a_larger_one_without_repeating(tmp_path):
+    """The last generation was cut short by the budget: its trials replay from the log,
+    they are not asked and evaluated again."""
+    cfg = config(tmp_path, kind="cmaes", separable=True, popsize=12)
+    run = SearchRun.create(cfg, tmp_path / "r", budget=30)  # 2.5 generations
+    run.run()
+    SearchRun.open(tmp_path / "r", budget=60).run()
+    lines = trials(tmp_path / "r")
+    assert [x["trial"] for x in lines] == list(range(60))
+    assert len({x["id"] for x in lines}) == 60
+
+
+def test_resume_refuses_a_logged_trial_of_another_genome(tmp_path):
+    run = SearchRun.create(config(tmp_path), tmp_path / "r")
+    run.run(stop_after=70)  # checkpoint at 50; trials 50..69 replay from the log
+    log = tmp_path / "r" / "trials.jsonl"
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    lines[55]["genome_digest"] = "0" * 16  # logged for some other genome
+    log.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with pytest.raises(RunError, match="trial 55 .* was logged for another genome"):
+        SearchRun.open(tmp_path / "r").run()

@@ -43,6 +43,9 @@ class CMAES(Controller):
     name = "cmaes"
     outstanding_resumes = False  # a half-told generation checkpoints as it was when asked
 
+    def at_boundary(self) -> bool:
+        return not self._solutions
+
     def __init__(self, x0: np.ndarray, lower: np.ndarray | None, upper: np.ndarray | None,
                  budget: int, settings: CMAESSettings | None = None, seed: int = 0):
         self.s = settings or CMAESSettings()

@@ -50,6 +50,11 @@ class Controller(ABC):
     # state and the run loop must keep them itself (steady-state controllers)
     outstanding_resumes: bool = True
 
+    def at_boundary(self) -> bool:
+        """Whether `state_dict` now is the state after every tell so far (CMA-ES: not while
+        a generation, even one cut short by the budget, is incomplete)."""
+        return True
+
     @abstractmethod
     def ask(self) -> list[Candidate]:
         """Next candidates to evaluate (a generation, or one child for steady-state)."""

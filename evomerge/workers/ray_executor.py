@@ -133,10 +133,12 @@ class RayExecutor(Executor):
         slot.actor = self._remote.options(**opts).remote(self.config, self.origin, threads)
         slot.busy = False
 
-    def _replace(self, slot: _Slot, reason: str) -> None:
+    def _replace(self, slot: _Slot, reason: str, count: bool = True) -> None:
+        """A new actor in the slot; `count`: the failure is the slot's (not a candidate
+        that kills every worker it runs on)."""
         import ray
 
-        slot.failures += 1
+        slot.failures += 1 if count else 0
         try:
             ray.kill(slot.actor, no_restart=True)
         except Exception:  # already gone
@@ -208,7 +210,8 @@ class RayExecutor(Executor):
                 outcome, started = ray.get(ref)
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
                 flight.crashes += 1
-                self._replace(slot, f"its process died ({_reason(exc)})")
+                self._replace(slot, f"its process died ({_reason(exc)})",
+                              count=flight.crashes == 1)
                 if flight.crashes >= self.s.max_failures:
                     self._dispatch()
                     return flight.job, self._failed(
