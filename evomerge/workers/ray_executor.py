@@ -121,6 +121,7 @@ class RayExecutor(Executor):
                                   f"{_reason(exc)}") from None
         self._flights: dict[Any, _Flight] = {}
         self._waiting: list[_Flight] = []  # re-runs waiting for a free slot
+        self._starting: dict[Any, _Slot] = {}  # replacements still building their task
         self.t0 = time.monotonic()
 
     # --- workers --------------------------------------------------------------------------
@@ -151,10 +152,10 @@ class RayExecutor(Executor):
             return
         log.warning("worker %d replaced: %s", slot.index, reason)
         self._start(slot)
-        try:
-            slot.pid, slot.node = ray.get(slot.actor.whoami.remote())
-        except Exception as exc:
-            self._replace(slot, f"its replacement could not start: {_reason(exc)}")
+        # the new actor builds its task (minutes for a large model) while the others work:
+        # the slot takes jobs again once `wait` sees it answer
+        slot.busy = True
+        self._starting[slot.actor.whoami.remote()] = slot
 
     @property
     def capacity(self) -> int:  # type: ignore[override]
@@ -190,19 +191,29 @@ class RayExecutor(Executor):
                 reasons = "; ".join(f"worker {s.index}: {s.retired}" for s in self.slots)
                 raise WorkerError(f"no worker left (each failed {self.s.max_failures} times "
                                   f"in a row: {reasons})")
-            if not self._flights:
+            if not self._flights and not self._starting:
                 raise WorkerError("wait() with nothing running")
             timeout = None
-            if self.s.timeout_s is not None:
+            if self.s.timeout_s is not None and self._flights:
                 first = min(f.dispatched for f in self._flights.values())
                 timeout = max(0.0, first + self.s.timeout_s - time.time())
-            ready, _ = ray.wait(list(self._flights), num_returns=1, timeout=timeout)
+            ready, _ = ray.wait([*self._flights, *self._starting], num_returns=1,
+                                timeout=timeout)
             if not ready:
                 done = self._time_out()
                 if done is not None:
                     return done
                 continue
             ref = ready[0]
+            if ref in self._starting:  # a replacement is up (or failed to start)
+                slot = self._starting.pop(ref)
+                try:
+                    slot.pid, slot.node = ray.get(ref)
+                    slot.busy = False
+                except Exception as exc:
+                    self._replace(slot, f"its replacement could not start: {_reason(exc)}")
+                self._dispatch()
+                continue
             flight = self._flights.pop(ref)
             slot = flight.slot
             slot.busy = False
