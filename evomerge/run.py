@@ -502,7 +502,8 @@ class _Loop:
     def run(self, stop_after: int | None, outstanding: list[Candidate]) -> None:
         state, budget = self.state, self.cfg.budget
         deadline = time.monotonic() + self.cfg.max_seconds if self.cfg.max_seconds else None
-        for cand in outstanding:  # asked before the checkpoint, never finished: re-issue
+        # asked before the checkpoint, never finished: re-issue (as many as the budget takes)
+        for cand in outstanding[: max(0, budget - state.trials)]:
             self._dispatch(cand)
         while state.trials < budget:
             if stop_after is not None and self.done_here >= stop_after:

@@ -254,7 +254,8 @@ class RayExecutor(Executor):
         return None
 
     def _failed(self, flight: _Flight, error: str) -> Outcome:
-        out = Outcome(status="failed", error=error, seconds=time.time() - flight.submitted)
+        out = Outcome(status="failed", error=error,
+                      seconds=time.time() - (flight.dispatched or flight.submitted))
         out.extra.update(self._fields(flight, flight.submitted))
         return out
 
