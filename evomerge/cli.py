@@ -119,18 +119,6 @@ def export_recipe(
         write_text_atomic(output, text)
 
 
-def _layer_count(rec) -> int | None:
-    import json
-
-    for ref in [rec.base, *(s.model for s in rec.sources)]:
-        cfg = Path(ref or "") / "config.json"
-        if ref and cfg.exists():
-            n = json.loads(cfg.read_text()).get("num_hidden_layers")
-            if isinstance(n, int):
-                return n
-    return None
-
-
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress line (errors and the "
                                                              "final summary still print).")]
 Workers = Annotated[int | None, typer.Option(
@@ -140,7 +128,7 @@ Address = Annotated[str | None, typer.Option(
     help="Join this Ray cluster (host:port, or RAY_ADDRESS); default: start Ray here.")]
 
 
-def _run_search(make_run) -> None:
+def _run_search(make_run, quiet: bool) -> None:
     """Run a search made by `make_run()`: progress on stderr, a summary at the end, and on
     Ctrl-C what was saved and the exact command that continues it."""
     from evomerge.progress import Progress
@@ -149,8 +137,8 @@ def _run_search(make_run) -> None:
 
     run = None
     try:
-        run, progress = make_run()
-        state = run.run(progress=progress)
+        run = make_run()
+        state = run.run(progress=Progress("quiet" if quiet else None))
     except (ConfigError, RunError) as exc:
         _fail(str(exc))
     except WorkerError as exc:
@@ -166,7 +154,6 @@ def _run_search(make_run) -> None:
                        f"in {run.dir / 'trials.jsonl'} (an evaluation in flight is redone)\n"
                        f"continue with: evomerge resume {_quote(run.dir)}", err=True)
         raise typer.Exit(130) from None
-    assert isinstance(progress, Progress)
     best = state.best
     summary = f"{state.trials}/{run.cfg.budget} trials in {run.dir}"
     if best:
@@ -195,12 +182,10 @@ def search(
     quiet: Quiet = False,
 ) -> None:
     """Run a search to its budget, logging every trial and checkpointing as it goes."""
-    from evomerge.progress import Progress
     from evomerge.run import SearchRun
 
-    _run_search(lambda: (SearchRun.create(config, run_dir, budget=budget, seed=seed,
-                                          workers=workers, address=address),
-                         Progress("quiet" if quiet else None)))
+    _run_search(lambda: SearchRun.create(config, run_dir, budget=budget, seed=seed,
+                                         workers=workers, address=address), quiet)
 
 
 @app.command()
@@ -212,12 +197,10 @@ def resume(
     quiet: Quiet = False,
 ) -> None:
     """Continue an interrupted run; evaluations already logged are not repeated."""
-    from evomerge.progress import Progress
     from evomerge.run import SearchRun
 
-    _run_search(lambda: (SearchRun.open(run_dir, budget=budget, workers=workers,
-                                        address=address),
-                         Progress("quiet" if quiet else None)))
+    _run_search(lambda: SearchRun.open(run_dir, budget=budget, workers=workers,
+                                       address=address), quiet)
 
 
 @app.command("report", short_help="Summarise a run: counts, errors, workers and the Pareto front.")

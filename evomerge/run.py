@@ -220,6 +220,7 @@ class SearchRun:
         self.ckpt_path = self.dir / "checkpoint.pkl"
         self.state_path = self.dir / "state.json"
         self._write_config = write_config
+        self._lock_file: Any = None  # held while this process runs the search
         self.state: RunState | None = None  # set once the run has started
 
     # --- opening -----------------------------------------------------------------------
@@ -255,9 +256,7 @@ class SearchRun:
                             address)
         run = cls(run_dir, cfg)
         if budget is not None:
-            done = len(run.read_log())
-            if budget < done:
-                raise RunError(f"--budget: {budget} is below the {done} trials already done")
+            # checked against the log where the run reads it (`_run`), not read twice here
             if budget != cfg.budget:  # frozen once the run is able to continue
                 run.cfg = cfg.model_copy(update={"budget": budget})
                 run._write_config = True
@@ -369,6 +368,9 @@ class SearchRun:
         self._lock()
         logged = self.read_log(repair=True)
         self.check_log(len(logged), state.trials if ckpt is not None else None)
+        if len(logged) > self.cfg.budget:  # only a lowered --budget gets here
+            raise RunError(f"--budget: {self.cfg.budget} is below the {len(logged)} trials "
+                           "already done")
         if executor is None and state.trials < self.cfg.budget:
             # its workers are built now: one that cannot start fails here, before any write
             executor = make_executor(self.cfg, task, self.origin)
@@ -416,7 +418,7 @@ class SearchRun:
         trial lines and break the log. The lock dies with its process (kill -9 included)."""
         import fcntl
 
-        if getattr(self, "_lock_file", None) is not None or not self.dir.is_dir():
+        if self._lock_file is not None or not self.dir.is_dir():
             return
         f = open(self.dir / ".lock", "a+")
         try:
@@ -434,9 +436,8 @@ class SearchRun:
         self._lock_file = f
 
     def _unlock(self) -> None:
-        f = getattr(self, "_lock_file", None)
-        if f is not None:
-            f.close()  # closing releases the lock
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing releases the lock
             self._lock_file = None
 
 

@@ -71,8 +71,8 @@ class _Slot:
 @dataclass
 class _Flight:
     job: Job
-    slot: _Slot
     submitted: float
+    slot: _Slot | None = None  # set when dispatched
     dispatched: float = 0.0
     crashes: int = 0
 
@@ -167,7 +167,7 @@ class RayExecutor(Executor):
 
     # --- jobs -----------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
-        self._waiting.append(_Flight(job, self.slots[0], time.time()))
+        self._waiting.append(_Flight(job, time.time()))
         self._dispatch()
 
     def _dispatch(self) -> None:
@@ -216,6 +216,7 @@ class RayExecutor(Executor):
                 continue
             flight = self._flights.pop(ref)
             slot = flight.slot
+            assert slot is not None  # every flight in `_flights` was dispatched
             slot.busy = False
             try:
                 outcome, started = ray.get(ref)
