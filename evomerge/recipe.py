@@ -58,6 +58,7 @@ Method = Literal[
     "breadcrumbs",
     "breadcrumbs_ties",
     "slerp",
+    "passthrough",  # a layer route (data-flow space): layers are copied, not merged
 ]
 DType = Literal["float32", "float16", "bfloat16"]
 TENSOR_KINDS = ("attention", "mlp", "norm", "embed", "head", "other")
@@ -74,6 +75,7 @@ PER_SOURCE_PARAMS: dict[str, dict[str, float | None]] = {
     "breadcrumbs": {"weight": 1.0, "density": 1.0, "gamma": 0.01},
     "breadcrumbs_ties": {"weight": 1.0, "density": 1.0, "gamma": 0.01},
     "slerp": {},
+    "passthrough": {},
 }
 SHARED_PARAMS: dict[str, dict[str, float | bool]] = {
     "linear": {"normalize": True},
@@ -84,6 +86,7 @@ SHARED_PARAMS: dict[str, dict[str, float | bool]] = {
     "breadcrumbs": {"lambda": 1.0, "normalize": False},
     "breadcrumbs_ties": {"lambda": 1.0, "normalize": False},
     "slerp": {"t": 0.5},
+    "passthrough": {},
 }
 NEEDS_BASE = {m for m in METHODS if m not in ("linear", "slerp")}
 # tokenizer_source values that name no model (mergekit's)
@@ -265,7 +268,9 @@ class RouteHop(BaseModel):
 
     source: int = Field(ge=0, description="index into Recipe.sources")
     layer: int = Field(ge=0)
-    scale: float = 1.0
+    # > 0: the runtime and the export fold it into the hop's output projections, and a zero
+    # or negative input scale has no such form (RMSNorm(c·x) = RMSNorm(x) only for c > 0)
+    scale: float = Field(1.0, gt=0, allow_inf_nan=False)
 
 
 class LayerSlice(BaseModel):
@@ -321,7 +326,12 @@ class Recipe(BaseModel):
     tokenizer_source: str | None = None
     # "auto", a mergekit built-in template name (chatml, alpaca, ...) or a Jinja template
     chat_template: str | None = None
-    route: list[RouteHop] | None = None
+    # method passthrough: the decoder layers run in this order (DESIGN §4); the embeddings
+    # come from sources[embed_source] (default 0), the final norm and the head from
+    # sources[head_source] (default: the embeddings' source)
+    route: list[RouteHop] | None = Field(None, min_length=1)
+    embed_source: int | None = Field(None, ge=0)
+    head_source: int | None = Field(None, ge=0)
     slices: list[LayerSlice] | None = None
     # model references as the recipe file wrote them (resolved ref → written), for outputs
     _written: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -401,14 +411,41 @@ class Recipe(BaseModel):
                 f"compute_dtype: {self.compute_dtype} reproduces mergekit's arithmetic, but "
                 f"{self.method}'s random drops never match mergekit's; leave it out"
             )
-        if self.route is not None:
-            for i, hop in enumerate(self.route):
-                if hop.source >= len(self.sources):
-                    raise ValueError(
-                        f"route[{i}].source: {hop.source} is not a source index "
-                        f"(have {len(self.sources)})"
-                    )
+        self._check_route()
         return self
+
+    def _check_route(self) -> None:
+        if self.method == "passthrough" and self.route is None:
+            raise ValueError("route: method passthrough copies layers along a route; give one")
+        if self.route is not None and self.method != "passthrough":
+            raise ValueError(f"method: a layer route is built by method passthrough, not "
+                             f"{self.method!r}")
+        if self.route is None:
+            for key in ("embed_source", "head_source"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key}: only a layer route (method passthrough) has one")
+            return
+        for key in ("base", "slices", "compute_dtype"):
+            if getattr(self, key) is not None:
+                raise ValueError(f"{key}: a layer route copies layers and merges nothing; "
+                                 "leave it out")
+        if self.parameters or any(s.parameters for s in self.sources):
+            raise ValueError("parameters: a layer route has none (its scales are per hop)")
+        n = len(self.sources)
+        for key in ("embed_source", "head_source"):
+            value = getattr(self, key)
+            if value is not None and value >= n:
+                raise ValueError(f"{key}: {value} is not a source index (have {n})")
+        for i, hop in enumerate(self.route):
+            if hop.source >= n:
+                raise ValueError(f"route[{i}].source: {hop.source} is not a source index "
+                                 f"(have {n})")
+
+    @property
+    def route_ends(self) -> tuple[int, int]:
+        """(source of the embeddings, source of the final norm and head) of a route."""
+        embed = self.embed_source or 0
+        return embed, embed if self.head_source is None else self.head_source
 
     # --- parameter resolution -------------------------------------------------------------
     def _slice_for(self, site: TensorSite) -> LayerSlice | None:

@@ -24,16 +24,23 @@ def _ties(**kw) -> dict:
     return data
 
 
+ROUTED = {"method": "passthrough", "sources": [{"model": "x"}, {"model": "y"}],
+          "route": [{"source": 0, "layer": 0}, {"source": 1, "layer": 3, "scale": 0.5}]}
+
+
 def site(name: str, kind: str, layer: int | None, n: int = 5) -> TensorSite:
     return TensorSite(name, kind, layer, n)
 
 
 def test_yaml_round_trip_is_identity():
-    r = Recipe.from_dict(_ties(route=[{"source": 1, "layer": 3, "scale": 0.5}]))
+    r = Recipe.from_dict(_ties())
     again = Recipe.from_yaml(r.to_yaml())
     assert again == r
     assert again.digest() == r.digest()
     assert Recipe.from_dict(_ties(seed=8)).digest() != r.digest()
+    routed = Recipe.from_dict(ROUTED)
+    assert Recipe.from_yaml(routed.to_yaml()) == routed
+    assert "embed_source" not in routed.to_yaml()  # unset route ends keep digests stable
 
 
 def test_recipe_module_does_not_import_torch():
@@ -54,7 +61,14 @@ def test_recipe_module_does_not_import_torch():
          "weight.groups"),
         (_ties(sources=[{"model": "x", "parameters": {"weight": {"atention": 1}}}]),
          "atention"),
-        (_ties(route=[{"source": 5, "layer": 0}]), "route[0].source"),
+        ({**ROUTED, "route": [{"source": 5, "layer": 0}]}, "route[0].source"),
+        ({**ROUTED, "route": []}, "route"),
+        ({**ROUTED, "route": [{"source": 0, "layer": 0, "scale": 0.0}]}, "route[0].scale"),
+        ({**ROUTED, "head_source": 2}, "head_source"),
+        ({**ROUTED, "base": "b"}, "base"),
+        (_ties(route=ROUTED["route"]), "method"),
+        ({**ROUTED, "route": None}, "route"),
+        (_ties(embed_source=0), "embed_source"),
         (_ties(dtype="int8"), "dtype"),
         ({"method": "slerp", "sources": [{"model": "a"}]}, "sources"),
         (_ties(slices=[{"layers": [1, 3]}]), "slices[0].layers"),

@@ -7,7 +7,6 @@ import pytest
 
 from evomerge.recipe import Recipe, RouteHop, TensorSite
 from evomerge.space.base import Space
-from evomerge.space.combined import PSDFSSpace
 from evomerge.space.dataflow import DataFlowSpace
 from evomerge.space.flat import FlatSpace
 from evomerge.space.parameter import ParameterSpace
@@ -151,7 +150,7 @@ def test_dfs_layout_and_bounds():
     assert names[:6] == ["I.r0.s0.l0", "I.r0.s0.l1", "I.r0.s0.l2", "I.r0.s1.l0", "I.r0.s1.l1",
                          "I.r1.s0.l0"]
     assert names[10] == "scale.r0.s0.l0"
-    np.testing.assert_array_equal(dfs.lower, [-1.0] * 10 + [0.0] * 10)
+    np.testing.assert_array_equal(dfs.lower, [-1.0] * 10 + [0.05] * 10)
     np.testing.assert_array_equal(dfs.upper, [1.0] * 10 + [2.0] * 10)
     assert DataFlowSpace([("A", 3), ("B", 2)], repeats=2, scale_mode="none").dim == 10
     pair = DataFlowSpace([("A", 3), ("B", 2)], repeats=2, scale_mode="pair")
@@ -169,7 +168,7 @@ def test_dfs_initial_is_model_a():
         assert np.all(x0 >= dfs.lower) and np.all(x0 <= dfs.upper)
         assert _hops(dfs.route(x0)) == [(0, 0, 1.0), (0, 1, 1.0), (0, 2, 1.0), (0, 3, 1.0)]
         r = dfs.decode(x0)
-        assert [s.model for s in r.sources] == ["A", "B"] and r.tokenizer_source == "A"
+        assert [s.model for s in r.sources] == ["A", "B"]
         _roundtrip(r)
 
 
@@ -228,7 +227,7 @@ def test_dfs_pair_scales():
         (0, 2, W[1, 2]),  # added end hop still takes its transition's W
     ]
     r = dfs.decode(np.concatenate([ind, W.ravel()]))
-    assert r.method == "linear" and len(r.route) == 5
+    assert r.method == "passthrough" and len(r.route) == 5
     _roundtrip(r)
 
 
@@ -241,23 +240,6 @@ def test_dfs_argument_checks():
         DataFlowSpace([("A", 2)], repeats=1, scale_mode="none").route(np.zeros(3))
 
 
-# --- PS+DFS ------------------------------------------------------------------------------------
-def test_psdfs_source_layout():
-    ps = ParameterSpace(["x", "y"], base="base", method="ties")
-    ps_recipe = ps.decode(ps.initial())
-    sp = PSDFSSpace("runs/ps/best", 4, "other", 2, ps_recipe=ps_recipe, repeats=2,
-                    scale_mode="slot")
-    assert sp.ps_recipe == ps_recipe
-    assert sp.T == 12 and sp.dim == 24
-    r = sp.decode(sp.initial())
-    assert [s.model for s in r.sources] == ["runs/ps/best", "other"]
-    assert r.tokenizer_source == "runs/ps/best"
-    assert [(h.source, h.layer) for h in r.route] == [(0, 0), (0, 1), (0, 2), (0, 3)]
-    ind = -np.ones(12)
-    ind[[4, 5]] = 1.0
-    r = sp.decode(np.concatenate([ind, np.ones(12)]))
-    assert [(h.source, h.layer) for h in r.route] == [(0, 0), (1, 0), (1, 1), (0, 3)]
-    _roundtrip(r)
 
 
 # --- flat --------------------------------------------------------------------------------------

@@ -151,19 +151,15 @@ def merge_to_directory(recipe: Recipe, out_dir: str | Path, options: MergeOption
                        ) -> MergeSummary:
     options = options or MergeOptions()
     out_dir = Path(out_dir)
-    start = time.perf_counter()
+    check_output(recipe, out_dir, options)
     if recipe.route is not None:
-        raise MergeError("route: layer-route (data-flow) recipes are not built by `merge` yet")
-    if out_dir.exists() and not options.overwrite:
-        raise MergeError(f"{out_dir}: output directory exists (pass --overwrite to replace it)")
-    if out_dir.exists():
-        check_replaceable(out_dir, [m for m in (recipe.base, *(s.model for s in
-                                                               recipe.sources)) if m])
-    if options.device.startswith("cuda") and not torch.cuda.is_available():
-        raise MergeError(f"device: {options.device} requested but CUDA is not available")
+        from evomerge.merge.route_export import write_route
+
+        return write_route(recipe, out_dir, options)
+    start = time.perf_counter()
     base, sources = open_models(recipe, options)
     models = ([base] if base else []) + sources
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = temp_sibling(out_dir)
     try:
         check_compatible(models)
         from evomerge.merge.tokenizer import plan_tokenizer
@@ -192,6 +188,23 @@ def merge_to_directory(recipe: Recipe, out_dir: str | Path, options: MergeOption
         for m in models:
             m.close()
     return MergeSummary(out_dir, len(items), len(shards), written, time.perf_counter() - start)
+
+
+def check_output(recipe: Recipe, out_dir: Path, options: MergeOptions) -> None:
+    """Refuse before reading anything: an existing output without --overwrite (or one that
+    --overwrite must not replace), a CUDA device that is not there."""
+    if out_dir.exists() and not options.overwrite:
+        raise MergeError(f"{out_dir}: output directory exists (pass --overwrite to replace it)")
+    if out_dir.exists():
+        check_replaceable(out_dir, [m for m in (recipe.base, *(s.model for s in
+                                                               recipe.sources)) if m])
+    if options.device.startswith("cuda") and not torch.cuda.is_available():
+        raise MergeError(f"device: {options.device} requested but CUDA is not available")
+
+
+def temp_sibling(out_dir: Path) -> Path:
+    """Where an output is written before it is renamed into place."""
+    return out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
 
 
 def _shard_names(n: int) -> list[str]:
@@ -294,8 +307,10 @@ def _progress(total: int, enabled: bool):
 
 
 def _write_metadata(recipe: Recipe, ref: SourceModel, shards, tmp: Path,
-                    out_dtype: torch.dtype | None, options: MergeOptions, out_dir: Path) -> None:
-    """Index, config, recipe and model card; written references are portable ones."""
+                    out_dtype: torch.dtype | None, options: MergeOptions, out_dir: Path,
+                    config: dict | None = None) -> None:
+    """Index, config (`config`, else the first model's), recipe and model card; written
+    references are portable ones."""
     names = _shard_names(len(shards))
     if len(shards) > 1:
         weight_map = {item[0]: fname for fname, shard in zip(names, shards, strict=True)
@@ -304,8 +319,8 @@ def _write_metadata(recipe: Recipe, ref: SourceModel, shards, tmp: Path,
                     for s in shards for i in s)
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    if ref.config:
-        config = dict(ref.config)
+    config = dict(config if config is not None else ref.config)
+    if config:
         if out_dtype is not None:
             dname = {torch.float32: "float32", torch.float16: "float16",
                      torch.bfloat16: "bfloat16"}[out_dtype]
@@ -341,10 +356,20 @@ def model_card(recipe: Recipe, out_dir: Path | None = None) -> str:
     sources = "\n".join(f"- {describe(s.model)}" for s in recipe.sources)
     base = describe(recipe.base) if recipe.base else "none"
     where = " (local paths relative to this directory)" if out_dir is not None else ""
+    how = f"Built by evomerge with method `{recipe.method}`.\n\nBase model: {base}"
+    if recipe.route is not None:
+        embed, head = recipe.route_ends
+        rows = "\n".join(f"| {k} | {h.source} | {h.layer} | {h.scale:.6g} |"
+                         for k, h in enumerate(recipe.route))
+        how = (f"Built by evomerge as a layer route (data-flow merge): {len(recipe.route)} "
+               f"decoder layers, each copied from a source; embeddings from source {embed}, "
+               f"final norm and head from source {head}. Each hop's input scale is folded "
+               "into the weights (`evomerge_route` in config.json keeps the route).\n\n"
+               f"| hop | source | layer | input scale |\n|---|---|---|---|\n{rows}")
     return (
         "---\nlibrary_name: transformers\ntags:\n- merge\n- evomerge\n---\n"
-        f"# Merged model\n\nBuilt by evomerge with method `{recipe.method}`.\n\n"
-        f"Base model: {base}\n\nSources:\n{sources}\n\n"
+        f"# Merged model\n\n{how}\n\n"
+        f"Sources (numbered from 0):\n{sources}\n\n"
         f"Recipe digest: `{recipe.digest()}`\n\n## Recipe{where}\n\n"
         f"```yaml\n{recipe.portable(out_dir).to_yaml()}```\n"
     )

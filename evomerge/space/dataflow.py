@@ -11,7 +11,7 @@ i mod M). Genome layout:
   ``"slot"`` — T genes, the scale of the hop coming from slot i;
   ``"pair"`` — M·M genes, row-major W[i, j] (index T + i·M + j), the scale of a hop into
   global layer j coming from global layer i (the paper's W).
-  Scale genes lie in `scale_range` (default [0, 2]); they start at 1.0.
+  Scale genes lie in `scale_range` (default [0.05, 2]); they start at 1.0.
 
 Start/end constraint (model A supplies embeddings, final norm and head): if the first used hop
 is not (0, 0) the hop (0, 0) is prepended; if the last is not (0, L_A − 1) the hop
@@ -37,7 +37,7 @@ ScaleMode = Literal["none", "slot", "pair"]
 
 
 class DataFlowSpace(Space):
-    """Genome ↔ layer-route Recipe (method "linear" over the sources, `route` set)."""
+    """Genome ↔ layer-route Recipe (method passthrough over the sources)."""
 
     def __init__(
         self,
@@ -46,7 +46,7 @@ class DataFlowSpace(Space):
         scale_mode: ScaleMode = "pair",
         sigma: float = 1 / 6,
         indicator_range: tuple[float, float] = (-1.0, 1.0),
-        scale_range: tuple[float, float] = (0.0, 2.0),
+        scale_range: tuple[float, float] = (0.05, 2.0),
     ) -> None:
         if not models:
             raise ValueError("models: need at least one (ref, num_layers) pair")
@@ -61,8 +61,9 @@ class DataFlowSpace(Space):
             raise ValueError(
                 f"indicator_range {indicator_range} must hold ±2σ (σ = {sigma}) around 0"
             )
-        if not (scale_range[0] <= 1.0 <= scale_range[1]):
-            raise ValueError(f"scale_range {scale_range} must contain the initial scale 1.0")
+        if not (0 < scale_range[0] <= 1.0 <= scale_range[1]):
+            raise ValueError(f"scale_range {scale_range} must be above 0 (a zero scale erases "
+                             "the stream and cannot be folded) and contain the initial 1.0")
         self.refs = [ref for ref, _ in models]
         self.layers = [int(n) for _, n in models]
         self.offsets = np.cumsum([0, *self.layers[:-1]]).tolist()
@@ -105,9 +106,8 @@ class DataFlowSpace(Space):
 
     def decode(self, genome: np.ndarray) -> Recipe:
         return Recipe(
-            method="linear",
+            method="passthrough",
             sources=[{"model": ref} for ref in self.refs],
-            tokenizer_source=self.refs[0],
             route=self.route(genome),
         )
 

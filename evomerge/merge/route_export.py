@@ -1,0 +1,114 @@
+"""A layer route → a stock model directory (DESIGN §4).
+
+Every hop becomes one ordinary decoder layer holding a copy of its source layer's tensors,
+with the hop's scale folded in (`RoutePlan.fold`), so the directory loads with plain
+`AutoModelForCausalLM` and computes what the routed runtime computed. The route itself is kept
+in config.json (`evomerge_route`) and in the model card. Tensors are copied one at a time, into
+a temporary directory renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from evomerge.merge.routing import RoutePlan
+from evomerge.merge.streaming import (
+    _TORCH_DTYPES,
+    MergeOptions,
+    MergeSummary,
+    _progress,
+    _replace_dir,
+    _shard_names,
+    _write_metadata,
+    open_models,
+    plan_shards,
+    temp_sibling,
+)
+from evomerge.models.architecture import tensor_kind
+from evomerge.models.safetensors_io import ShardWriter
+from evomerge.recipe import Recipe
+
+
+def write_route(recipe: Recipe, out_dir: Path, options: MergeOptions) -> MergeSummary:
+    start = time.perf_counter()
+    _, models = open_models(recipe, options)
+    tmp = temp_sibling(out_dir)
+    try:
+        plan = RoutePlan(recipe, models)
+        from evomerge.merge.tokenizer import plan_tokenizer
+
+        embed = plan.embed_source
+        tokenizer = plan_tokenizer(recipe, None, [models[embed]] +
+                                   [m for i, m in enumerate(models) if i != embed],
+                                   options.allow_download)
+        out_dtype = _TORCH_DTYPES[recipe.dtype] if recipe.dtype else None
+        # output name → (source, source tensor, layer-relative name or None, factor)
+        jobs: dict[str, tuple[int, str, str | None, float]] = {}
+        for name in plan.output_tensors():
+            src, src_name = plan.outer_tensor(name)
+            factor = plan.embed_factor if tensor_kind(name) == "embed" else 1.0
+            jobs[name] = (src, src_name, None, factor)
+        for k, hop in enumerate(plan.hops):
+            for rest in plan.ref.layer_shapes:
+                src, src_name = plan.layer_tensor(k, rest)
+                jobs[plan.ref.name(k, rest)] = (src, src_name, rest, hop.factor)
+        items = []
+        for name, (src, src_name, _, _) in jobs.items():
+            entry = models[src].entries[src_name]
+            dt = out_dtype if out_dtype is not None else entry.dtype
+            items.append((name, dt, tuple(entry.shape)))
+        shards = plan_shards(items, options.shard_size)
+        tmp.mkdir(parents=True)
+        written = 0
+        bar = _progress(len(items), options.progress)
+        try:
+            for fname, shard in zip(_shard_names(len(shards)), shards, strict=True):
+                writer = ShardWriter(tmp / fname, shard)
+                for name, dtype, _ in shard:
+                    src, src_name, rest, factor = jobs[name]
+                    tensor = models[src].read(src_name)
+                    if rest is not None and rest in plan.folds and factor != 1.0:
+                        tensor = plan.fold(tensor.float(), rest, factor)
+                    elif rest is None and factor != 1.0:
+                        tensor = tensor.float() * factor
+                    writer.write(name, tensor.to(dtype))
+                    bar.update(1)
+                writer.close()
+                written += writer.nbytes
+        finally:
+            bar.close()
+        from evomerge.models.refs import portable_ref
+
+        refs = [portable_ref(s.model, recipe.written_ref(s.model), out_dir)
+                for s in recipe.sources]
+        config = plan.output_config(plan.route_provenance(refs))
+        _write_metadata(recipe, models[embed], shards, tmp, out_dtype, options, out_dir,
+                        config=config)
+        tokenizer.write(tmp)
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        for m in models:
+            m.close()
+    return MergeSummary(out_dir, len(items), len(shards), written, time.perf_counter() - start)
+
+
+def materialised_bytes(plan: RoutePlan, dtype: torch.dtype | None = None) -> int:
+    """Bytes a stock copy of the routed model holds (what the routed runtime saves)."""
+    total = 0
+    for name in plan.output_tensors():
+        src, src_name = plan.outer_tensor(name)
+        e = plan.layouts[src].model.entries[src_name]
+        total += e.numel * (torch.empty(0, dtype=dtype or e.dtype).element_size())
+    for k in range(len(plan.hops)):
+        for rest in plan.ref.layer_shapes:
+            src, src_name = plan.layer_tensor(k, rest)
+            e = plan.layouts[src].model.entries[src_name]
+            total += e.numel * (torch.empty(0, dtype=dtype or e.dtype).element_size())
+    return total
