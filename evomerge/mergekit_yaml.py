@@ -3,7 +3,8 @@
 Users already hold mergekit configs; importing them means `evomerge merge` accepts them as is.
 Both of mergekit's forms are read: `models:` (one entry per model, parameters apply to all
 layers) and `slices:` (per layer range; every slice must list the same models over the same
-range, since stacking different ranges is a data-flow route, not a parameter merge).
+range). A `passthrough` layer stack (slices of one model's layer range each, from several
+models) is a data-flow route, and is read as a route recipe.
 Parameter values (numbers, gradients, `{filter, value}` lists) carry over unchanged: the
 Recipe evaluates them with mergekit's rules.
 """
@@ -163,6 +164,8 @@ def recipe_from_mergekit(data: dict, origin: str = "<mergekit>", match_precision
     naming the key evomerge cannot honour. `source_dtype(ref)` (the dtype a model's config
     declares) tells when mergekit, given no `dtype`, would merge 16-bit sources in 16 bits."""
     method = data.get("merge_method")
+    if method == "passthrough":
+        return _route_from_mergekit(data, origin)
     if method not in METHODS:
         raise RecipeError(
             f"{origin}: merge_method: {method!r} is not supported (supported: {list(METHODS)})"
@@ -224,6 +227,92 @@ def recipe_from_mergekit(data: dict, origin: str = "<mergekit>", match_precision
     return Recipe.from_dict({k: v for k, v in out.items() if v is not None}, origin)
 
 
+def _route_from_mergekit(data: dict, origin: str) -> Recipe:
+    """A passthrough layer stack (`slices:` of one model's `layer_range` each) as a route:
+    mergekit takes the embeddings from the first slice's model and the final norm and head
+    from the last's, which is what `embed_source` / `head_source` say."""
+    _warn_unknown(data, _TOP_KEYS, origin)
+    for key in ("models", "modules", "base_model", "parameters"):
+        if data.get(key) is not None:
+            raise RecipeError(f"{origin}: {key}: not supported with merge_method passthrough "
+                              "(evomerge reads passthrough layer stacks given as slices:)")
+    slices = data.get("slices")
+    if not isinstance(slices, list) or not slices:
+        raise RecipeError(f"{origin}: slices: a passthrough layer stack needs a non-empty list")
+    models: list[str] = []
+    hops = []
+    for i, sl in enumerate(slices):
+        where = f"{origin}: slices[{i}]"
+        srcs = sl.get("sources") if isinstance(sl, dict) else None
+        if not isinstance(srcs, list) or len(srcs) != 1:
+            raise RecipeError(f"{where}.sources: a passthrough slice copies exactly one model's "
+                              f"layers (got {len(srcs) if isinstance(srcs, list) else srcs!r})")
+        _warn_unknown(sl, {"sources", "parameters"}, where)
+        src = srcs[0]
+        if isinstance(src, dict):
+            _warn_unknown(src, {"model", "layer_range", "parameters"}, f"{where}.sources[0]")
+        for owner, at in ((sl, where), (src, f"{where}.sources[0]")):
+            if isinstance(owner, dict) and owner.get("parameters"):
+                raise RecipeError(f"{at}.parameters: passthrough parameters (such as scale) are "
+                                  "not supported; evomerge routes scale each hop's input")
+        name = _model_name(src, f"{where}.sources[0]")
+        lr = src.get("layer_range") if isinstance(src, dict) else None
+        if (not isinstance(lr, list) or len(lr) != 2 or not all(isinstance(x, int) for x in lr)
+                or not 0 <= lr[0] < lr[1]):
+            raise RecipeError(f"{where}.sources[0].layer_range: expected [start, end) with "
+                              f"0 <= start < end, got {lr!r}")
+        if name not in models:
+            models.append(name)
+        hops += [{"source": models.index(name), "layer": j} for j in range(*lr)]
+    head = hops[-1]["source"]
+    out: dict[str, Any] = {
+        "method": "passthrough",
+        "sources": [{"model": m} for m in models],
+        "route": hops,
+        "head_source": head or None,
+        "dtype": _dtype(data, "out_dtype", origin) or _dtype(data, "dtype", origin),
+        "chat_template": data.get("chat_template"),
+        "tokenizer_source": _tokenizer_source(data, origin),
+    }
+    return Recipe.from_dict({k: v for k, v in out.items() if v is not None}, origin)
+
+
+def _route_to_mergekit(recipe: Recipe, source_dtype: str | None) -> dict[str, Any]:
+    """A route without scales as a passthrough layer stack: runs of consecutive layers of one
+    model become one slice."""
+    route = recipe.route or []
+    for k, hop in enumerate(route):
+        if hop.scale != 1.0:
+            raise RecipeError(f"route[{k}].scale: {hop.scale:g}; mergekit's passthrough has no "
+                              "input scale per hop (only routes with every scale 1 export)")
+    embed, head = recipe.route_ends
+    if (route[0].source, route[-1].source) != (embed, head):
+        raise RecipeError("route: mergekit takes the embeddings from the first slice's model "
+                          "and the head from the last's; this route's differ")
+    slices: list[dict[str, Any]] = []
+    for hop in route:
+        last = slices[-1]["sources"][0] if slices else None
+        if (last and last["model"] == recipe.sources[hop.source].model
+                and last["layer_range"][1] == hop.layer):
+            last["layer_range"][1] += 1
+        else:
+            slices.append({"sources": [{"model": recipe.sources[hop.source].model,
+                                        "layer_range": [hop.layer, hop.layer + 1]}]})
+    out: dict[str, Any] = {"merge_method": "passthrough", "slices": slices}
+    dtype = recipe.dtype or source_dtype
+    if dtype:
+        out["dtype"] = dtype
+    return _with_tokenizer(recipe, out)
+
+
+def _with_tokenizer(recipe: Recipe, out: dict[str, Any]) -> dict[str, Any]:
+    if recipe.tokenizer_source:
+        out["tokenizer_source"] = recipe.tokenizer_source
+    if recipe.chat_template:
+        out["chat_template"] = recipe.chat_template
+    return out
+
+
 def _tokenizer_source(data: dict, origin: str) -> str | None:
     """mergekit's `tokenizer_source:` or `tokenizer: {source: ...}` (whose default is union);
     per-token embedding settings and vocabulary padding resize embeddings: refused."""
@@ -272,7 +361,7 @@ def _from_slices(slices: Any, base: str | None, origin: str, method: str) -> dic
         if len(ranges) != 1:
             raise RecipeError(
                 f"{where}.sources: layer_range differs between models ({sorted(ranges)}); "
-                "layer stacking is a data-flow route, not a parameter merge"
+                "layer stacking is a data-flow route: write it as merge_method: passthrough"
             )
         (lr,) = ranges
         if len(lr) != 2 or lr[0] != end:
@@ -350,7 +439,7 @@ def recipe_to_mergekit(recipe: Recipe, num_layers: int | None = None,
     in its `dtype`, so ours (float32 unless `compute_dtype` says otherwise) goes there and the
     stored dtype (the recipe's, else the sources' `source_dtype`) in `out_dtype`."""
     if recipe.route is not None:
-        raise RecipeError("route: layer-route recipes are not exported as parameter merges")
+        return _route_to_mergekit(recipe, source_dtype)
     if recipe.method == "linear" and recipe.base:
         recipe = recipe.model_copy(update={"base": None})  # our linear leaves the base out
 
@@ -395,11 +484,7 @@ def recipe_to_mergekit(recipe: Recipe, num_layers: int | None = None,
     stored = recipe.dtype or source_dtype
     if stored and stored != out["dtype"]:
         out["out_dtype"] = stored
-    if recipe.tokenizer_source:
-        out["tokenizer_source"] = recipe.tokenizer_source
-    if recipe.chat_template:
-        out["chat_template"] = recipe.chat_template
-    return out
+    return _with_tokenizer(recipe, out)
 
 
 def model_config(recipe: Recipe) -> dict[str, Any]:

@@ -99,6 +99,30 @@ class SeedMixtureSpaceSpec(BaseModel):
     coefficient_range: tuple[float, float] = (0.0, 1.0)
 
 
+class DFSSpaceSpec(BaseModel):
+    """Data-flow space (evomerge.space.dataflow, DESIGN §4): which layers of the sources run
+    in which order, each hop's input scaled. sources[0] is model A (tokenizer, embeddings,
+    final norm, head; every route starts and ends with its first and last layer). For PS+DFS,
+    make source A the best model of a parameter-space search (`evomerge export RUN --best`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["dfs"]
+    repeats: int = Field(3, ge=1, description="times the layer sequence is laid out")
+    # none: every scale 1; slot: one per slot; pair: the paper's W[i, j] per layer pair
+    scale_mode: Literal["none", "slot", "pair"] = "pair"
+    scale_range: tuple[float, float] = (0.05, 2.0)
+    sigma: float = Field(1 / 6, gt=0, le=0.5, description="initial route: indicators at ±2σ")
+
+    @model_validator(mode="after")
+    def _range(self) -> DFSSpaceSpec:
+        lo, hi = self.scale_range
+        if not 0 < lo <= 1.0 <= hi:
+            raise ValueError(f"scale_range: [{lo}, {hi}] must be above 0 (a zero scale erases "
+                             "the stream) and contain the initial scale 1.0")
+        return self
+
+
 class ObjectiveSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -131,7 +155,8 @@ class MergeTaskSpec(BaseModel):
     kind: Literal["merge"]
     base: str | None = None
     sources: list[str] = Field(min_length=1)
-    space: Annotated[PSSpaceSpec | SeedMixtureSpaceSpec, Field(discriminator="kind")]
+    space: Annotated[PSSpaceSpec | SeedMixtureSpaceSpec | DFSSpaceSpec,
+                     Field(discriminator="kind")]
     evaluators: list[EvaluatorSpec] = Field(min_length=1)
     objectives: list[ObjectiveSpec] = Field(min_length=1)
     # what M2N2's members compete on: per-sample scores of these objectives or metrics
@@ -171,6 +196,9 @@ class MergeTaskSpec(BaseModel):
                                  f"{ev!r} is not an evaluator")
         if self.space.kind == "seed_mixture" and len(self.sources) < 2:
             raise ValueError("sources: a seed mixture needs at least two seed models")
+        if self.space.kind == "dfs" and self.base is not None:
+            raise ValueError("base: a data-flow search routes the sources' layers and merges "
+                             "nothing; leave the base out (sources[0] is model A)")
         return self
 
 
@@ -337,8 +365,8 @@ _LATE_KEYS: list[tuple[tuple[str, ...], Any]] = [
 
 # pydantic puts the chosen member of a tagged union into error locations
 # (task.merge.space.ps.groups); users wrote task.space.groups
-_UNION_TAGS = frozenset({"digits", "merge", "synthetic", "ps", "seed_mixture", "lm_eval",
-                         "perplexity", "classification", "callable"})
+_UNION_TAGS = frozenset({"digits", "merge", "synthetic", "ps", "seed_mixture", "dfs",
+                         "lm_eval", "perplexity", "classification", "callable"})
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None,

@@ -26,6 +26,14 @@ def zoo_bf16(tmp_path_factory) -> dict[str, Path]:
     return write_family(out, cfg, ["a", "b"], seed=2, dtype="bfloat16")
 
 
+@pytest.fixture(scope="session")
+def tasks_dir(tmp_path_factory) -> Path:
+    """lm-eval task files (two skills, search and test splits) for the zoo's vocabulary."""
+    from evomerge.models.tiny_tasks import write_example_tasks
+
+    return write_example_tasks(tmp_path_factory.mktemp("tasks"), vocab_size=256, items=30)
+
+
 def write_yaml(path: Path, data: dict) -> Path:
     import yaml
 

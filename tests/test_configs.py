@@ -18,7 +18,7 @@ def test_there_are_search_configs_to_check():
     names = {p.stem for p in SEARCH_CONFIGS}
     assert {"digits_scratch_m2n2", "digits_scratch_m2n2_pcorrect", "digits_scratch_cmaes",
             "digits_scratch_ga", "digits_pretrained_m2n2", "tiny_merge_ps",
-            "tiny_merge_m2n2"} <= names
+            "tiny_merge_m2n2", "tiny_merge_dfs", "tiny_merge_ps_dfs"} <= names
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,13 @@ def test_each_search_config_runs_a_few_trials(path, tmp_path, example_zoo, monke
     merge = "kind: merge" in path.read_text()
     if merge:
         monkeypatch.chdir(example_zoo)
+    if "ps_best" in path.read_text() and not (example_zoo / "ps_best").exists():
+        # the PS stage its header describes: search, then export the best model
+        from evomerge.export import export
+
+        SearchRun.create(ROOT / "configs" / "tiny_merge_ps.yaml", example_zoo / "ps_run",
+                         budget=3).run()
+        export(example_zoo / "ps_run", example_zoo / "ps_best", best=True)
     budget = 8 if merge else 40
     state = SearchRun.create(path, tmp_path / "run", budget=budget).run()
     assert state.trials == budget

@@ -16,16 +16,10 @@ import numpy as np
 import pytest
 import yaml
 
-from evomerge.models.tiny_tasks import write_example_tasks
 from evomerge.run import SearchRun, report
 from evomerge.search_config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def tasks_dir(tmp_path_factory) -> Path:
-    return write_example_tasks(tmp_path_factory.mktemp("tasks"), vocab_size=256, items=30)
 
 
 def merge_config(zoo, tasks_dir: Path, controller: dict, space: dict | None = None,

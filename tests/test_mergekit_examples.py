@@ -28,11 +28,12 @@ from .test_merge_cli import load_dir
 pytest.importorskip("mergekit")
 
 EXAMPLES = Path(__file__).parent / "data" / "mergekit_examples"
-COMPARED = ["linear.yml", "ties.yml", "bio-merge.yml", "gradient-slerp.yml", "mega.yml"]
+COMPARED = ["linear.yml", "ties.yml", "bio-merge.yml", "gradient-slerp.yml", "mega.yml",
+            "orcamini-platy-44layer.yml"]
 # mergekit's other shipped examples, and why they are not compared here
 NOT_COMPARED = {
-    "orcamini-platy-44layer.yml": "passthrough layer stack (a data-flow route, out of scope)",
-    "gpt2-small.yml": "passthrough layer stack (a data-flow route, out of scope)",
+    "gpt2-small.yml": "a passthrough stack of GPT-2 layers; routes run Llama, Mistral, Qwen2 "
+                      "and Gemma2-style decoders",
     "arcee_fusion.yml": "arcee_fusion is not an evomerge method (test_mergekit_import checks "
                         "that it is refused by name)",
     "chipalign.yml": "nuslerp is not an evomerge method (refused by name, as above)",
@@ -205,3 +206,52 @@ def test_bf16_sources_without_dtype_match_with_the_flag(zoo_bf16, tmp_path, monk
                                   for n, r in NOT_COMPARED.items()])
 def test_example_not_compared(name):
     """Listed so the test report shows each shipped example left out, and why."""
+
+
+def test_a_route_exports_to_a_passthrough_stack_mergekit_builds_the_same(sides, monkeypatch,
+                                                                         tmp_path):
+    """Route → `export-recipe --format mergekit` → mergekit builds what `evomerge merge`
+    builds from the route; and the stack reads back as the same route."""
+    from evomerge.mergekit_yaml import recipe_from_mergekit, recipe_to_mergekit
+    from evomerge.recipe import Recipe
+
+    hops = [(0, 0), (1, 0), (1, 1), (0, 1), (0, 1), (0, 2)]
+    route = {"method": "passthrough", "sources": [{"model": "zoo/a"}, {"model": "zoo/b"}],
+             "route": [{"source": s, "layer": i} for s, i in hops]}
+    recipe_file = tmp_path / "route.yml"
+    recipe_file.write_text(yaml.safe_dump(route))
+    res = CliRunner().invoke(app, ["export-recipe", str(recipe_file), "--format", "mergekit"])
+    assert res.exit_code == 0, res.output
+    stack = yaml.safe_load(res.output)
+    assert stack["merge_method"] == "passthrough"
+    assert [s["sources"][0]["layer_range"] for s in stack["slices"]] == [[0, 1], [0, 2],
+                                                                         [1, 2], [1, 3]]
+    theirs = build([stack], sides["mergekit"], "mergekit", monkeypatch)
+    ours = build([route], sides["evomerge"], "evomerge", monkeypatch)
+    assert_same_model(ours, theirs, exact=True)
+    recipe = Recipe.from_dict(route)
+    assert recipe_from_mergekit(recipe_to_mergekit(recipe, source_dtype="float32")).route \
+        == recipe.route
+
+
+def test_scaled_routes_and_unsupported_stacks_are_refused_by_name(tmp_path):
+    from evomerge.mergekit_yaml import recipe_from_mergekit
+    from evomerge.recipe import RecipeError
+
+    scaled = {"method": "passthrough", "sources": [{"model": "zoo/a"}],
+              "route": [{"source": 0, "layer": 0}, {"source": 0, "layer": 2, "scale": 0.5}]}
+    (tmp_path / "r.yml").write_text(yaml.safe_dump(scaled))
+    res = CliRunner().invoke(app, ["export-recipe", str(tmp_path / "r.yml"), "--format",
+                                   "mergekit"])
+    assert res.exit_code != 0 and "route[1].scale" in res.output
+    base = documents("orcamini-platy-44layer.yml")[0]
+    for change, needle in [
+        ({"slices": [{"sources": [{"model": "a", "layer_range": [0, 2]},
+                                  {"model": "b", "layer_range": [0, 2]}]}]}, "exactly one"),
+        ({"slices": [{"sources": [{"model": "a", "layer_range": [0, 2],
+                                   "parameters": {"scale": 0.5}}]}]}, "parameters"),
+        ({"slices": [{"sources": [{"model": "a", "layer_range": [2, 1]}]}]}, "layer_range"),
+        ({"models": [{"model": "a"}]}, "models"),
+    ]:
+        with pytest.raises(RecipeError, match=needle):
+            recipe_from_mergekit({**base, **change}, "stack.yml")

@@ -160,3 +160,19 @@ def test_bad_routes_are_refused_by_name_and_nothing_is_written(family, tmp_path,
     with pytest.raises(MergeError, match=match):
         RouteBuilder([str(a), str(b)]).build(recipe)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sources_of_another_hidden_size_are_refused_and_nothing_is_written(tmp_path):
+    from .route_families import family_config
+
+    a = write_model("llama", tmp_path / "a", 2, seed=0)
+    cfg = family_config("llama", 2)
+    cfg.hidden_size, cfg.head_dim = 48, 12
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "wide")
+    recipe = route_recipe(a, tmp_path / "wide", [(0, 0, 1.0), (1, 0, 1.0), (0, 1, 1.0)])
+    with pytest.raises(MergeError, match=r"sources\[1\] .*hidden_size 48 differs from 32"):
+        merge_to_directory(recipe, tmp_path / "out", MergeOptions())
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "wide"]

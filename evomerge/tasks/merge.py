@@ -8,8 +8,10 @@ task is built, before the first evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -25,15 +27,8 @@ class MergeWorker(TaskWorker):
     """Resident sources + one live model + the evaluators, built once."""
 
     def __init__(self, spec: Any, evaluators: dict[str, Evaluator], needs_scores: bool):
-        from evomerge.merge.inplace import CandidateBuilder
-
-        c = spec.candidate
         self.spec = spec
-        self.builder = CandidateBuilder(spec.base, spec.sources, dtype=c.dtype, device=c.device,
-                                        workers=c.merge_threads, allow_pickle=spec.allow_pickle,
-                                        allow_download=spec.allow_download,
-                                        cache_bytes=None if c.selection_cache_gib is None
-                                        else int(c.selection_cache_gib * 2**30))
+        self.builder = BUILDERS[spec.space.kind](spec)
         self.tokenizer = self.builder.tokenizer()
         self.evaluators = evaluators
         self.needs_scores = needs_scores
@@ -82,6 +77,31 @@ class MergeWorker(TaskWorker):
         self.builder.close()
 
 
+def _merge_builder(spec: Any) -> Any:
+    """Parameter merges: resident sources, merged weights written into one live model."""
+    from evomerge.merge.inplace import CandidateBuilder
+
+    c = spec.candidate
+    return CandidateBuilder(spec.base, spec.sources, dtype=c.dtype, device=c.device,
+                            workers=c.merge_threads, allow_pickle=spec.allow_pickle,
+                            allow_download=spec.allow_download,
+                            cache_bytes=None if c.selection_cache_gib is None
+                            else int(c.selection_cache_gib * 2**30))
+
+
+def _route_builder(spec: Any) -> Any:
+    """Layer routes: resident sources, one skeleton re-pointed at their layers."""
+    from evomerge.merge.routed import RouteBuilder
+
+    c = spec.candidate
+    return RouteBuilder(spec.sources, dtype=c.dtype, device=c.device,
+                        allow_pickle=spec.allow_pickle, allow_download=spec.allow_download)
+
+
+# space kind → what turns its recipes into a live model (build, check, tokenizer, close)
+BUILDERS = {"ps": _merge_builder, "seed_mixture": _merge_builder, "dfs": _route_builder}
+
+
 class MergeTask(Task):
     def __init__(self, cfg: Any, origin: str = "<config>", prepare: bool = True):
         self.cfg = cfg
@@ -122,6 +142,13 @@ class MergeTask(Task):
                 from evomerge.space.mixture import SeedMixtureSpace
 
                 return SeedMixtureSpace(t.sources, s.groups, s.coefficient_range, dtype)
+            if s.kind == "dfs":
+                from evomerge.space.dataflow import DataFlowSpace
+
+                return DataFlowSpace([(ref, n) for ref, n in zip(t.sources, self._layer_counts(),
+                                                                strict=True)],
+                                     repeats=s.repeats, scale_mode=s.scale_mode,
+                                     sigma=s.sigma, scale_range=s.scale_range)
             from evomerge.space.parameter import ParameterSpace
 
             return ParameterSpace(t.sources, base=t.base, method=s.method, methods=s.methods,
@@ -130,10 +157,53 @@ class MergeTask(Task):
         except ValueError as exc:
             raise ConfigError(f"{self.origin}: task.space: {exc}") from None
 
+    @contextlib.contextmanager
+    def _opened_sources(self) -> Iterator[list[Any]]:
+        """The sources' headers, opened (errors name task.sources)."""
+        t = self.spec
+        recipe = Recipe.from_dict({"method": "linear",
+                                   "sources": [{"model": s} for s in t.sources]}, self.origin)
+        try:
+            _, models = open_models(recipe, MergeOptions(allow_pickle=t.allow_pickle,
+                                                         allow_download=t.allow_download))
+        except MergeError as exc:
+            raise ConfigError(f"{self.origin}: task.sources: {exc}") from None
+        try:
+            yield models
+        except MergeError as exc:
+            raise ConfigError(f"{self.origin}: task.{exc}") from None
+        finally:
+            for m in models:
+                m.close()
+
+    def _layer_counts(self) -> list[int]:
+        """Decoder layers of each source, from its headers."""
+        from evomerge.merge.routing import SourceLayout
+
+        with self._opened_sources() as models:
+            return [SourceLayout.of(m, f"sources[{i}]").num_layers
+                    for i, m in enumerate(models)]
+
+    def _check_routable(self) -> None:
+        """A route through every source: the sources' layers can run in one stream."""
+        from evomerge.merge.routing import RoutePlan, SourceLayout
+
+        with self._opened_sources() as models:
+            last = SourceLayout.of(models[0], "sources[0]").num_layers - 1
+            hops = [{"source": i, "layer": 0} for i in range(len(models))]
+            probe = Recipe.from_dict({"method": "passthrough",
+                                      "route": [*hops, {"source": 0, "layer": last}],
+                                      "sources": [{"model": s} for s in self.spec.sources]},
+                                     self.origin)
+            RoutePlan(probe, models)
+
     def _check_sources(self) -> None:
         """Open every source's headers: they exist, share an architecture, tensor names and
-        shapes, and a tokenizer."""
+        shapes, and a tokenizer (a route: layers that can run in one stream)."""
         t = self.spec
+        if t.space.kind == "dfs":
+            self._check_routable()
+            return
         probe = {"method": "linear", "sources": [{"model": s} for s in t.sources]}
         if t.base:
             probe["base"] = t.base
