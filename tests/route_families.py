@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 FAMILIES = ["llama", "mistral", "qwen2", "gemma2"]
+WINDOW = 5  # shorter than the test sequences: sliding and full attention differ
 
 
 def family_config(family: str, layers: int):
@@ -20,12 +21,12 @@ def family_config(family: str, layers: int):
     if family == "llama":
         return tf.LlamaConfig(**common, tie_word_embeddings=False)
     if family == "mistral":
-        return tf.MistralConfig(**common, sliding_window=64)
+        return tf.MistralConfig(**common, sliding_window=WINDOW)
     if family == "qwen2":  # layer 0 full attention, the others sliding: types per hop
-        return tf.Qwen2Config(**common, use_sliding_window=True, sliding_window=64,
+        return tf.Qwen2Config(**common, use_sliding_window=True, sliding_window=WINDOW,
                               max_window_layers=1)
     if family == "gemma2":  # post-norm blocks, (1 + w) norms, tied head, softcapping
-        return tf.Gemma2Config(**common, head_dim=8, sliding_window=64,
+        return tf.Gemma2Config(**common, head_dim=8, sliding_window=WINDOW,
                                query_pre_attn_scalar=8)
     raise ValueError(family)
 
@@ -60,10 +61,18 @@ def reference_logits(models: list, route: list[tuple[int, int, float]], ids: tor
     pos = torch.arange(ids.shape[1]).unsqueeze(0)
     pe = first.model.rotary_emb(h, pos)
     n = ids.shape[1]
-    mask = torch.full((n, n), torch.finfo(h.dtype).min).triu(1)[None, None]
+    i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    low = torch.finfo(h.dtype).min
+    causal = torch.where(j > i, low, 0.0)[None, None]
+    sliding = torch.where((j > i) | (i - j >= WINDOW), low, 0.0)[None, None]
     for source, layer, scale in route:
         block = models[source].model.layers[layer]
-        h = block(h * scale, attention_mask=mask, position_embeddings=pe, position_ids=pos)
+        cfg = models[source].config
+        types = getattr(cfg, "layer_types", None)
+        windowed = (types[layer] == "sliding_attention" if types
+                    else getattr(cfg, "sliding_window", None) is not None)
+        h = block(h * scale, attention_mask=sliding if windowed else causal,
+                  position_embeddings=pe, position_ids=pos)
     logits = last.lm_head(last.model.norm(h))
     cap = getattr(last.config, "final_logit_softcapping", None)
     return torch.tanh(logits / cap) * cap if cap else logits

@@ -130,7 +130,11 @@ def test_export_is_a_stock_checkpoint_that_reproduces_the_runtime(family, builde
     exported = load(tmp_path / "out")
     assert exported.config.num_hidden_layers == len(route)
     assert exported.config.evomerge_route["hops"] == [list(h) for h in route]
-    runtime = builder.build(recipe)(ids()).logits
+    live = builder.build(recipe)
+    runtime = live(ids()).logits
+    # sliding or full attention per hop survives the round trip through config.json
+    assert getattr(exported.config, "layer_types", None) == \
+        getattr(live.config, "layer_types", None)
     got = exported(ids()).logits
     assert torch.allclose(got, runtime, atol=1e-5, rtol=1e-5), float((got - runtime).abs().max())
     want = reference_logits([load(a), load(b)], route, ids(), head=extra.get("head_source"))
