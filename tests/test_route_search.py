@@ -29,9 +29,11 @@ def dfs_config(zoo, tasks_dir, sources, space=None, controller=None, budget=8) -
 
 def test_dfs_search_scores_routes_and_exports_them(zoo, tasks_dir, tmp_path):
     cfg = write_config(tmp_path / "c.yaml", dfs_config(zoo, tasks_dir, [zoo["a"], zoo["b"]]))
-    state = SearchRun.create(cfg, tmp_path / "run").run()
-    assert state.trials == 8
+    res = CliRunner().invoke(app, ["search", str(cfg), "--run-dir", str(tmp_path / "run"),
+                                   "--quiet"])
+    assert res.exit_code == 0, res.output
     lines = log_lines(tmp_path / "run")
+    assert len(lines) == 8
     assert all(x["status"] == "ok" for x in lines), [x.get("error") for x in lines]
     # 2 models x 3 layers x 2 repeats indicators + 6 x 6 pair scales
     assert all(len(x["genome"]) == 12 + 36 for x in lines)

@@ -34,7 +34,7 @@ _LAYER_NAME = re.compile(r"^(?P<prefix>.+\.layers)\.(?P<index>\d+)\.(?P<rest>.+)
 _SAME_KEYS = ("model_type", "hidden_size", "num_attention_heads", "num_key_value_heads",
               "head_dim", "hidden_act", "hidden_activation", "rms_norm_eps", "rope_theta",
               "rope_parameters", "rope_scaling", "attn_logit_softcapping",
-              "query_pre_attn_scalar", "attention_bias", "mlp_bias")
+              "query_pre_attn_scalar", "attention_bias", "mlp_bias", "sliding_window")
 # where the residual branches of a block end: (tensor name prefix inside a layer, norm offset).
 # A linear layer is folded as w·f (its bias too); a norm with offset o as (o + w)·f − o.
 _PRE_NORM_FOLD = (("self_attn.o_proj.", None), ("mlp.down_proj.", None))
