@@ -253,18 +253,28 @@ def export(
 
 
 @app.command("build-zoo",
-             short_help="Build small example Llama sources and lm-eval tasks, offline.")
+             short_help="Build example sources and their lm-eval tasks, offline.")
 def build_zoo(
-    out_dir: Annotated[Path, typer.Argument(help="Where to write base/, math/, code/, chat/.")],
-    size: Annotated[str, typer.Option(help="tiny (~0.2M parameters) or small (~6.6M).")]
-    = "tiny",
+    out_dir: Annotated[Path, typer.Argument(help="Where to write the models and tasks/.")],
+    kind: Annotated[str, typer.Option(
+        help="example: a tiny Llama base and three random variants (base/, math/, code/, "
+             "chat/); skills: the quickstart's base and skill experts, trained here "
+             "(base/, math/, rev/, sort/, lang_b/; about a minute).")] = "example",
+    size: Annotated[str, typer.Option(help="example zoo: tiny (~0.2M parameters) or small "
+                                           "(~6.6M).")] = "tiny",
 ) -> None:
-    """Build small example Llama sources offline (a base and three fine-tune-like variants)
-    and lm-eval task files for them (tasks/)."""
-    from evomerge.models.tiny import build_example_zoo
+    """Build example sources offline and lm-eval task files for them (tasks/)."""
+    from evomerge.models import zoos
 
+    if kind not in zoos.KINDS:
+        _fail(f"--kind: {kind!r} is not a zoo (choose from {', '.join(zoos.KINDS)})")
     try:
-        dirs = build_example_zoo(out_dir, size)
+        if kind == "skills":
+            dirs = zoos.build(kind, out_dir)
+        else:
+            from evomerge.models.tiny import build_example_zoo
+
+            dirs = build_example_zoo(out_dir, size)
     except ValueError as exc:
         _fail(str(exc))
     typer.echo("built " + ", ".join(str(d) for d in dirs.values()))

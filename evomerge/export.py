@@ -91,6 +91,22 @@ def export(run_dir: str | Path, to: str | Path, trial: int | None = None, best: 
     return targets
 
 
+def export_into_run(run: SearchRun, out: Path) -> Path:
+    """The run's best trial (first objective, full fidelity) as `out` inside the run
+    directory, replaced each time the run completes."""
+    (line,) = choose_trials(run, None, True, False)
+    recipe = trial_recipe(run, line)
+    extra = {}
+    mk = _mergekit_text(recipe, out)
+    if mk is not None:
+        extra["mergekit_config.yml"] = mk
+    spec = run.cfg.task
+    merge_to_directory(recipe, out, MergeOptions(
+        overwrite=True, allow_pickle=spec.allow_pickle, allow_download=spec.allow_download,
+        extra_files=extra))
+    return out
+
+
 def _mergekit_text(recipe: Recipe, out: Path) -> str | None:
     """mergekit_config.yml for the model directory `out` (local paths relative to it)."""
     from evomerge.mergekit_yaml import mergekit_text

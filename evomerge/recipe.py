@@ -497,6 +497,28 @@ class Recipe(BaseModel):
                     return value
         return SHARED_PARAMS[self.method][name]
 
+    def summary(self, width: int = 60) -> str:
+        """One line for a report table: a route's hops, or the method and its numbers."""
+        if self.route is not None:
+            hops = " ".join(f"{h.source}.{h.layer}" for h in self.route)
+            text = f"route {hops}"
+            suffix = f" ({len(self.route)} hops)"
+        else:
+            def show(v: Any) -> str:
+                if isinstance(v, int | float) and not isinstance(v, bool):
+                    return f"{v:.2f}"
+                if isinstance(v, dict) and isinstance(v.get("groups"), list):
+                    return "[" + " ".join(show(x) for x in v["groups"]) + "]"
+                return "…"
+
+            parts = [",".join(f"{k[0]}{show(v)}" for k, v in src.parameters.items())
+                     for src in self.sources]
+            text = f"{self.method} " + " | ".join(p or "-" for p in parts)
+            suffix = ""
+        if len(text) + len(suffix) > width:
+            text = text[: width - len(suffix) - 1] + "…"
+        return text + suffix
+
     # --- references -----------------------------------------------------------------------
     def model_refs(self) -> list[str]:
         """Every model reference: base, sources, tokenizer source (when it names a model)."""

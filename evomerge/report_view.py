@@ -16,9 +16,12 @@ def _num(value: Any) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Numbers right-aligned; a text column (the recipe) left-aligned."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    fmt = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in
-           [header, *rows]]
+    left = {i for i, h in enumerate(header) if h == "recipe"}
+    fmt = ["  ".join(c.ljust(w) if i in left else c.rjust(w)
+                     for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
+           for r in [header, *rows]]
     return [fmt[0], "  ".join("-" * w for w in widths), *fmt[1:]]
 
 
@@ -28,7 +31,10 @@ def format_report(data: dict[str, Any]) -> str:
            "(repeated recipes)"]
     secs = data["seconds"]["evaluation"]
     if data["trials"]:
-        out.append(f"evaluation time {secs:.1f} s ({secs / data['trials']:.2f} s per trial)")
+        wall = data["seconds"].get("wall")
+        lead = f"wall time {wall:.0f} s, " if wall else ""
+        out.append(f"{lead}evaluation time {secs:.1f} s ({secs / data['trials']:.2f} s per "
+                   "trial, summed over workers)")
     if data.get("low_fidelity"):
         out.append(f"{data['low_fidelity']} trial(s) stopped at a lower fidelity rung "
                    "(multi-fidelity; not in the front)")
@@ -48,6 +54,10 @@ def format_report(data: dict[str, Any]) -> str:
     header = ["trial", *[f"{n} (search)" for n in names], *[f"{n} (held-out)" for n in names]]
     rows = [[str(e["trial"]), *[_num(e["objectives"].get(n)) for n in names],
              *[_num((e["heldout"] or {}).get(n)) for n in names]] for e in front]
+    if any(e.get("recipe") for e in front):
+        header.append("recipe")
+        for row, e in zip(rows, front, strict=True):
+            row.append(e.get("recipe") or "-")
     out += ["", f"Pareto front: {len(front)} trial(s)", *_table(header, rows)]
     hv = data["hypervolume"]
     if hv["value"] is not None:
@@ -60,4 +70,8 @@ def format_report(data: dict[str, Any]) -> str:
         hint = (f" (export it with `evomerge export {data['run_dir']} --trial {best['trial']} "
                 "--to DIR`)") if data.get("task") == "merge" else ""
         out.append(f"best by {names[0]}: trial {best['trial']}{hint}")
+    if data.get("best_export"):
+        out.append(f"best trial exported to {data['best_export']}")
+    if data.get("plots"):
+        out.append("plots: " + ", ".join(data["plots"]))
     return "\n".join(out) + "\n"

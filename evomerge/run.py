@@ -193,6 +193,7 @@ class Timing:
     controller: float = 0.0
     evaluation: float = 0.0
     logging: float = 0.0
+    wall: float = 0.0  # every session's running time, up to its last checkpoint
 
 
 @dataclass
@@ -337,7 +338,16 @@ class SearchRun:
             "trials": state.trials, "checkpoint_bytes": len(blob),
             "timing": {"controller": state.timing.controller,
                        "evaluation": state.timing.evaluation,
-                       "logging": state.timing.logging}}) + "\n")
+                       "logging": state.timing.logging,
+                       "wall": self._wall(state)}}) + "\n")
+
+    def _wall(self, state: RunState) -> float:
+        """Running time over every session (this one counted from its start)."""
+        start = getattr(self, "_session", None)
+        if start is None:
+            return getattr(state.timing, "wall", 0.0)
+        state.timing.wall = start[1] + time.monotonic() - start[0]
+        return state.timing.wall
 
     # --- the loop ----------------------------------------------------------------------
     def run(self, stop_after: int | None = None, progress: Progress | None = None,
@@ -363,6 +373,7 @@ class SearchRun:
                     "and max_seconds may change on resume); restore it or start a new run")
             controller.load_state_dict(ckpt["controller"])
             state = RunState(ckpt["trials"], ckpt["best"], ckpt["best_genome"], ckpt["timing"])
+        self._session = (time.monotonic(), getattr(state.timing, "wall", 0.0))
         if hasattr(controller, "budget"):
             controller.budget = self.cfg.budget
         self._lock()
@@ -411,7 +422,21 @@ class SearchRun:
                 progress.close()
             if executor is not None:
                 executor.close()
+        if state.trials >= self.cfg.budget:
+            self.outputs = self._complete()
         return state
+
+    def _complete(self) -> list[Path]:
+        """When the budget is spent: the plots, and the best trial exported if asked."""
+        from evomerge.plots import write_plots
+
+        objectives, reference = task_objectives(self.cfg)
+        written = write_plots(self.dir, self.read_log(), objectives, reference)
+        if self.cfg.export_best and self.cfg.task.kind == "merge":
+            from evomerge.export import export_into_run
+
+            written.append(export_into_run(self, self.dir / "best"))
+        return written
 
     def _lock(self) -> None:
         """One process per run directory: a second search or resume on it would interleave
@@ -471,6 +496,8 @@ class _Loop:
         self.sign = 1.0 if direction == "maximize" else -1.0
         self.progress = progress
         self.best_primary: float | None = None  # search split, for the progress line
+        self.best_each: dict[str, float] = {}  # every objective's best, for the live view
+        self.signs = {name: 1.0 if d == "maximize" else -1.0 for name, d in task.objectives}
         self.done_here = 0
         self.log: Any = None
         self.replay: dict[int, dict[str, Any]] = {}
@@ -494,10 +521,20 @@ class _Loop:
         self.ok_seen = False  # any successful trial in the run (logged ones included)
 
     def note_best(self, line: dict[str, Any]) -> None:
-        value = (line.get("objectives") or {}).get(self.primary)
-        if line.get("status") == "ok" and value is not None and _full(line) and (
-                self.best_primary is None or self.sign * value > self.sign * self.best_primary):
-            self.best_primary = value
+        if line.get("status") != "ok" or not _full(line):
+            return
+        for name, value in (line.get("objectives") or {}).items():
+            sign = self.signs.get(name, 1.0)
+            if name not in self.best_each or sign * value > sign * self.best_each[name]:
+                self.best_each[name] = value
+        self.best_primary = self.best_each.get(self.primary, self.best_primary)
+
+    def details(self) -> dict[str, Any]:
+        """What the live view shows beyond the counts (computed only when it redraws)."""
+        hv = self.archive.history[-1][1] if self.archive.history else None
+        return {"best": dict(self.best_each), "front": len(self.archive.front()),
+                "hypervolume": hv,
+                "workers": self.executor.states() if self.executor is not None else []}
 
     # --- the steady state -------------------------------------------------------------
     def run(self, stop_after: int | None, outstanding: list[Candidate]) -> None:
@@ -607,7 +644,10 @@ class _Loop:
         res = self._result(cand, out)
         res.seconds += self.rung_seconds.pop(cand.id, 0.0)
         if job.fraction < 1:
-            if res.status == "ok" and self._promoted(job.fraction, res.objectives):
+            # a controller's initial members always go on: they seed its archive (M2N2
+            # has nothing to breed from until they are scored in full)
+            seed = bool(cand.info.get("initial"))
+            if res.status == "ok" and (self._promoted(job.fraction, res.objectives) or seed):
                 self.lower_rungs.setdefault(cand.id, {})[repr(job.fraction)] = res.objectives
                 self.rung_seconds[cand.id] = res.seconds
                 nxt = self.rungs[self.rungs.index(job.fraction) + 1]
@@ -696,7 +736,7 @@ class _Loop:
             self.note_best({"status": res.status, "objectives": res.objectives,
                             "fidelity": res.fidelity})
             if self.progress is not None:
-                self.progress.update(state.trials, self.best_primary)
+                self.progress.update(state.trials, self.best_primary, self.details)
         self._maybe_checkpoint()
         if res.status == "ok":
             self.ok_seen = True
@@ -778,6 +818,9 @@ def report(run_dir: str | Path) -> dict[str, Any]:
     front = [{"trial": e.trial_id, "objectives": e.values,
               "heldout": by_trial[e.trial_id].get("heldout")} for e in archive.front()]
     timing = Timing(**saved["timing"]) if saved else Timing()
+    summaries = _recipe_summaries(run, [by_trial[e["trial"]] for e in front])
+    for entry in front:
+        entry["recipe"] = summaries.get(entry["trial"])
     n = max(len(lines), 1)
     return {
         "run_dir": str(run.dir),
@@ -795,10 +838,27 @@ def report(run_dir: str | Path) -> dict[str, Any]:
         "front": front,
         "hypervolume": {"reference_point": archive.reference_point,
                         "value": archive.history[-1][1] if archive.history else None},
-        "seconds": {"evaluation": sum(x["seconds"] for x in lines),
+        "plots": [str(p) for p in sorted((run.dir / "plots").glob("*.png"))],
+        "best_export": str(run.dir / "best") if (run.dir / "best" / "config.json").exists()
+        else None,
+        "seconds": {"evaluation": sum(x["seconds"] for x in lines), "wall": timing.wall,
                     "controller_per_trial": timing.controller / n,
                     "logging_per_trial": timing.logging / n},
     }
+
+
+def _recipe_summaries(run: SearchRun, lines: list[dict[str, Any]]) -> dict[int, str]:
+    """A short description of each front member's recipe (merge runs; {} otherwise)."""
+    if run.cfg.task.kind != "merge" or not lines:
+        return {}
+    import numpy as np
+
+    try:
+        task = build_task(run.cfg, str(run.dir / "config.yaml"), prepare=False)
+        return {x["trial"]: task.decode(np.asarray(x["genome"])).summary() for x in lines
+                if "genome" in x}
+    except (ConfigError, ValueError, OSError):
+        return {}  # the sources moved: the table still has the scores
 
 
 def _worker_use(lines: list[dict[str, Any]]) -> dict[str, Any] | None:

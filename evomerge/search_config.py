@@ -128,10 +128,34 @@ class ObjectiveSpec(BaseModel):
 
     name: str = Field(min_length=1)
     evaluator: str | None = Field(None, description="default: the only evaluator")
-    metric: str = Field(min_length=1)
+    metric: str | None = Field(None, min_length=1)
+    # or several metrics of the evaluator folded into one (`min`: the worst skill)
+    metrics: list[str] | None = Field(None, min_length=2)
+    combine: Literal["min", "mean"] | None = None
     direction: Literal["maximize", "minimize"] = "maximize"
     # the Pareto reference point's coordinate: a value worse than any candidate should score
     reference: float | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ObjectiveSpec:
+        if (self.metric is None) == (self.metrics is None):
+            raise ValueError("give exactly one of metric or metrics")
+        if (self.metrics is None) != (self.combine is None):
+            raise ValueError("metrics and combine go together (combine: min or mean)")
+        return self
+
+    @property
+    def parts(self) -> list[str]:
+        """The evaluator metrics this objective reads."""
+        return list(self.metrics) if self.metrics else [str(self.metric)]
+
+    def value(self, metrics: dict[str, float]) -> float | None:
+        values = [metrics.get(m) for m in self.parts]
+        if any(v is None for v in values):
+            return None
+        if self.combine == "mean":
+            return float(sum(values) / len(values))  # type: ignore[arg-type]
+        return float(min(values))  # type: ignore[type-var]
 
 
 class CandidateSpec(BaseModel):
@@ -206,6 +230,9 @@ class MergeTaskSpec(BaseModel):
         """(evaluator, metric) of a `sample_scores` entry."""
         for o in self.objectives:
             if o.name == entry:
+                if o.metric is None:
+                    raise ValueError(f"sample_scores: objective {entry!r} combines metrics; "
+                                     "name the metrics themselves")
                 return str(o.evaluator), o.metric
         if ":" in entry:
             ev, _, metric = entry.partition(":")
@@ -307,6 +334,15 @@ class FidelitySpec(BaseModel):
         return self
 
 
+class ZooSpec(BaseModel):
+    """Example sources the config's paths name, built there first if missing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["skills", "example"]
+    dir: str = Field(min_length=1)  # relative to the current directory
+
+
 class SearchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -321,6 +357,10 @@ class SearchConfig(BaseModel):
     controller: ControllerSpec
     executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
     fidelity: FidelitySpec | None = None  # multi-fidelity rungs; None: every trial in full
+    zoo: ZooSpec | None = None  # example sources to build before the search, if missing
+    # when the budget is spent: the best trial (first objective) as <run>/best, a model dir
+    # with its recipe and mergekit YAML
+    export_best: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -360,6 +400,8 @@ _LATE_KEYS: list[tuple[tuple[str, ...], Any]] = [
     (("fidelity",), None),
     (("controller", "allow_high_dimension"), False),
     (("task", "candidate", "selection_cache_gib"), None),
+    (("zoo",), None),
+    (("export_best",), False),
 ]
 
 
@@ -385,6 +427,8 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
     if "controller" not in data and {"method", "merge_method"} & set(data):
         raise ConfigError(f"{path}: this is a merge recipe, not a search config; build it with "
                           f"`evomerge merge {path} OUT_DIR`")
+    if isinstance(data.get("zoo"), dict) and not frozen:
+        _ensure_zoo(data["zoo"], path)
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     for key, value in given.items():
         try:
@@ -401,6 +445,17 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
     if isinstance(cfg.task, MergeTaskSpec):
         _resolve_paths(cfg.task, path)
     return cfg
+
+
+def _ensure_zoo(data: dict[str, Any], path: Path) -> None:
+    """Build the zoo the config asks for before its paths are checked."""
+    try:
+        spec = ZooSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: zoo.{_describe(exc)}") from None
+    from evomerge.models import zoos
+
+    zoos.ensure(spec.kind, Path(spec.dir))
 
 
 def _resolve_paths(task: MergeTaskSpec, config_path: Path) -> None:

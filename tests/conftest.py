@@ -34,6 +34,16 @@ def tasks_dir(tmp_path_factory) -> Path:
     return write_example_tasks(tmp_path_factory.mktemp("tasks"), vocab_size=256, items=30)
 
 
+@pytest.fixture(scope="session")
+def skill_zoo(tmp_path_factory) -> Path:
+    """The quickstart's skill zoo, built once per test session (~45 s on 2 cores)."""
+    from evomerge.models.skill_zoo import build_skill_zoo
+
+    out = tmp_path_factory.mktemp("skills") / "skill_zoo"
+    build_skill_zoo(out, log=lambda msg: None)
+    return out
+
+
 def write_yaml(path: Path, data: dict) -> Path:
     import yaml
 

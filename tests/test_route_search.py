@@ -38,7 +38,11 @@ def test_dfs_search_scores_routes_and_exports_them(zoo, tasks_dir, tmp_path):
     # 2 models x 3 layers x 2 repeats indicators + 6 x 6 pair scales
     assert all(len(x["genome"]) == 12 + 36 for x in lines)
     assert len({x["recipe_digest"] for x in lines}) > 1
-    assert report(tmp_path / "run")["front"]
+    data = report(tmp_path / "run")
+    assert data["front"] and all(e["recipe"].startswith("route 0.0 ") for e in data["front"])
+    assert data["seconds"]["wall"] > 0 and len(data["plots"]) == 3
+    text = CliRunner().invoke(app, ["report", str(tmp_path / "run")]).output
+    assert "recipe" in text and "hops)" in text and "plots: " in text
     res = CliRunner().invoke(app, ["export", str(tmp_path / "run"), "--best",
                                    "--to", str(tmp_path / "best")])
     assert res.exit_code == 0, res.output

@@ -377,17 +377,21 @@ def test_ctrl_c_says_what_was_saved_and_the_run_resumes_exactly(tmp_path):
     assert len({x["id"] for x in lines}) == 3000
 
 
-def test_progress_line_on_a_terminal_and_plain_lines_otherwise():
+def test_live_view_on_a_terminal_and_plain_lines_otherwise():
     tty = io.StringIO()
     p = Progress("tty", tty)
     p.start(10, 110, "accuracy")
+    details = {"best": {"accuracy": 0.61, "loss": 0.2}, "front": 3, "hypervolume": 0.42,
+               "workers": ["worker 0: candidate 7 (search, 20%), 3 s", "worker 1: idle"]}
     for done in range(11, 111):
-        p.update(done, 0.5 + done / 1000)
+        p.update(done, 0.5 + done / 1000, lambda: details)
         time.sleep(0.002)
     p.close()
     text = tty.getvalue()
-    assert text.startswith("\r") and text.endswith("\n") and text.count("\n") == 1
     assert "110/110 trials" in text and "best accuracy 0.61" in text and "ETA 0s" in text
+    assert "accuracy 0.61  loss 0.2" in text and "3 trial(s), hypervolume 0.42" in text
+    assert "worker 0: candidate 7 (search, 20%)" in text and "worker 1: idle" in text
+    assert "evomerge resume" in text and text.endswith("\n")
     plain = io.StringIO()
     p = Progress("plain", plain, every=0.0)
     p.start(0, 3, "loss")

@@ -8,7 +8,8 @@ rewrites in place. No request cache is used: lm-eval's cache key ignores the wei
 
 Metric names are ``task/metric`` (``task/metric,filter`` for a filter other than ``none``);
 multiple-choice tasks also get ``task/p_correct``, the probability of the gold choice among
-the choices (a continuous per-sample signal). Per-sample scores come from `log_samples`.
+the choices, and loglikelihood tasks ``task/p_answer``, the probability of the whole answer
+(continuous per-sample signals). Per-sample scores come from `log_samples`.
 """
 
 from __future__ import annotations
@@ -177,6 +178,8 @@ class LMEvalEvaluator(Evaluator):
                 out += [_metric_name(name, metric, f) for f in filters]
             if task.OUTPUT_TYPE == "multiple_choice":
                 out.append(f"{name}/p_correct")
+            if task.OUTPUT_TYPE == "loglikelihood":
+                out.append(f"{name}/p_answer")
         return out
 
     def metrics(self) -> list[str]:
@@ -249,7 +252,28 @@ class LMEvalEvaluator(Evaluator):
             if p is not None:
                 samples[f"{name}/p_correct"] = p
                 metrics[f"{name}/p_correct"] = float(p.mean())
+            p = _answer_probabilities(rows)
+            if p is not None:
+                samples[f"{name}/p_answer"] = p
+                metrics[f"{name}/p_answer"] = float(p.mean())
         return Evaluation(metrics, samples)
+
+
+def _answer_probabilities(rows: list[dict]) -> np.ndarray | None:
+    """Per document of a loglikelihood task, the probability of the whole answer: a
+    continuous twin of its exact match (`acc`). None for other task types."""
+    def loglikelihood(row: dict) -> float | None:
+        resp = row.get("filtered_resps") or []
+        first = resp[0] if len(resp) == 1 else None
+        if isinstance(first, list | tuple) and len(first) == 2 and _is_number(first[0]) \
+                and isinstance(first[1], bool):
+            return float(first[0])
+        return None
+
+    values = [loglikelihood(r) for r in rows]
+    if not rows or any(v is None for v in values):
+        return None
+    return np.exp(np.asarray(values, dtype=np.float64)).astype(np.float32)
 
 
 def _metric_name(task: str, metric: str, filt: str) -> str:

@@ -46,20 +46,28 @@ def write_example_tasks(out: str | Path, vocab_size: int = 512, items: int = 100
         for split in SPLITS:
             name = f"{skill}_{split}"
             rows = [_item(skill, rng, vocab_size) for _ in range(items)]
-            (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-            (out / f"{name}.yaml").write_text(
-                f"task: {name}\n"
-                "dataset_path: json\n"
-                "dataset_kwargs:\n"
-                "  data_files:\n"
-                f"    test: {json.dumps(str(out / (name + '.jsonl')))}\n"
-                "test_split: test\n"
-                "output_type: multiple_choice\n"
-                'doc_to_text: "{{q}}"\n'
-                'doc_to_choice: "{{choices}}"\n'
-                "doc_to_target: label\n"
-                "metric_list:\n"
-                "  - metric: acc\n"
-                "    aggregation: mean\n"
-                "    higher_is_better: true\n")
+            write_jsonl_task(out, out, name, rows,
+                             "output_type: multiple_choice\n"
+                             'doc_to_text: "{{q}}"\n'
+                             'doc_to_choice: "{{choices}}"\n'
+                             "doc_to_target: label\n")
     return out
+
+
+def write_jsonl_task(out: Path, where: Path, name: str, rows: list[dict], body: str) -> None:
+    """`name.jsonl` and an lm-eval task `name.yaml` scoring it by `acc`; `body` holds the
+    output type and the doc_to_* lines. The YAML names the data by its absolute path under
+    `where` (lm-eval resolves `data_files` against the current directory)."""
+    (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (out / f"{name}.yaml").write_text(
+        f"task: {name}\n"
+        "dataset_path: json\n"
+        "dataset_kwargs:\n"
+        "  data_files:\n"
+        f"    test: {json.dumps(str(where / (name + '.jsonl')))}\n"
+        "test_split: test\n"
+        + body +
+        "metric_list:\n"
+        "  - metric: acc\n"
+        "    aggregation: mean\n"
+        "    higher_is_better: true\n")

@@ -134,6 +134,7 @@ class M2N2(Controller):
         self.rng = np.random.default_rng(seed)
         self.next_id = 0
         self.pending_initial = [np.asarray(g) for g in initial]
+        self._initial = list(self.pending_initial)  # asked again while none has scored
         self.genomes: list[np.ndarray] = []
         self.scores: np.ndarray | None = None  # P × N
         self.fitness_of_best: float = -np.inf
@@ -185,6 +186,9 @@ class M2N2(Controller):
         if self.pending_initial:  # taken when asked: several may be out at once (workers)
             genome = self.pending_initial.pop(0)
             info: dict[str, Any] = {"initial": True}
+        elif self.scores is None:  # every initial member failed or is still out: no parents
+            genome = self._initial[int(self.rng.integers(len(self._initial)))].copy()
+            info = {"initial": True}
         else:
             genome, info = self._child()
         cand = Candidate(self.next_id, genome, info)

@@ -43,13 +43,13 @@ class MergeWorker(TaskWorker):
         t2 = time.perf_counter()
         objectives: dict[str, float] = {}
         for o in self.spec.objectives:
-            value = outs[o.evaluator].metrics.get(o.metric)
+            value = o.value(outs[o.evaluator].metrics)
             if value is None:
                 raise EvaluatorError(f"objective {o.name}: evaluator {o.evaluator} returned no "
-                                     f"metric {o.metric!r} (it returned "
+                                     f"metric {o.parts} (it returned "
                                      f"{sorted(outs[o.evaluator].metrics)})")
             if not math.isfinite(value):
-                raise EvaluatorError(f"objective {o.name}: {o.metric} is {value}")
+                raise EvaluatorError(f"objective {o.name}: {'/'.join(o.parts)} is {value}")
             objectives[o.name] = float(value)
         scores = self._scores(outs) if split == "search" else None
         if split == "search" and self.needs_scores and scores is None:
@@ -60,7 +60,7 @@ class MergeWorker(TaskWorker):
 
     def _scores(self, outs: dict[str, Any]) -> np.ndarray | None:
         names = self.sample_scores or [o.name for o in self.spec.objectives
-                                       if o.direction == "maximize"]
+                                       if o.direction == "maximize" and o.metric]
         parts = []
         for entry in names:
             ev, metric = self.spec.score_source(entry)
@@ -123,10 +123,12 @@ class MergeTask(Task):
                                       f"{type(exc).__name__}: {exc}") from None
             for i, o in enumerate(spec.objectives):
                 known = self.evaluators[o.evaluator].metrics()
-                if o.metric not in known:
-                    raise ConfigError(f"{origin}: task.objectives[{i}].metric: evaluator "
-                                      f"{o.evaluator!r} produces no {o.metric!r} (it produces "
-                                      f"{known})")
+                for m in o.parts:
+                    if m not in known:
+                        key = "metric" if o.metric else "metrics"
+                        raise ConfigError(f"{origin}: task.objectives[{i}].{key}: evaluator "
+                                          f"{o.evaluator!r} produces no {m!r} (it produces "
+                                          f"{known})")
             for i, entry in enumerate(spec.sample_scores or []):
                 ev, metric = spec.score_source(entry)
                 if metric not in self.evaluators[ev].metrics():

@@ -24,6 +24,13 @@ class Job:
     fraction: float = 1.0  # of the search split (multi-fidelity rungs); held-out is whole
 
 
+def describe_job(job: Job) -> str:
+    """'candidate 12 (search, 20%)' for a progress display."""
+    what = job.split if job.fraction >= 1 or job.split != "search" \
+        else f"search, {job.fraction:.0%}"
+    return f"candidate {job.candidate_id} ({what})"
+
+
 @dataclass
 class Outcome:
     objectives: dict[str, float] = field(default_factory=dict)
@@ -72,6 +79,10 @@ class Executor(ABC):
     @abstractmethod
     def running(self) -> int:
         """Jobs submitted and not yet returned by `wait`."""
+
+    def states(self) -> list[str]:
+        """One short line per worker, for a person watching the run."""
+        return [f"busy: {self.running()} job(s)" if self.running() else "idle"]
 
     def run(self, jobs: list[Job]) -> Iterator[tuple[Job, Outcome]]:
         """Evaluate a batch, yielding each job with its outcome as it finishes."""

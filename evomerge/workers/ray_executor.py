@@ -17,7 +17,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from evomerge.workers.base import Executor, Job, Outcome, WorkerError, evaluate_job
+from evomerge.workers.base import (
+    Executor,
+    Job,
+    Outcome,
+    WorkerError,
+    describe_job,
+    evaluate_job,
+)
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +186,23 @@ class RayExecutor(Executor):
                 flight.slot, flight.dispatched = slot, time.time()
                 slot.busy = True
                 self._flights[slot.actor.evaluate.remote(flight.job)] = flight
+
+    def states(self) -> list[str]:
+        now = time.monotonic()
+        flying = {id(f.slot): f for f in self._flights.values() if f.slot is not None}
+        out = []
+        for slot in self.slots:
+            f = flying.get(id(slot))
+            if slot.retired is not None:
+                out.append(f"worker {slot.index}: retired ({slot.retired[:60]})")
+            elif slot in self._starting.values():
+                out.append(f"worker {slot.index}: starting (replacement)")
+            elif f is not None:
+                out.append(f"worker {slot.index}: {describe_job(f.job)}, "
+                           f"{now - f.dispatched:.0f} s")
+            else:
+                out.append(f"worker {slot.index}: idle")
+        return out
 
     def running(self) -> int:
         return len(self._flights) + len(self._waiting)

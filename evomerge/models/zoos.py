@@ -1,0 +1,39 @@
+"""The example source families a config may ask for (`zoo: {kind, dir}`): built on first use,
+so a fresh clone runs the quickstart with one command."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+KINDS = ("skills", "example")
+
+
+def ready(kind: str, out: Path) -> bool:
+    if kind == "skills":
+        from evomerge.models.skill_zoo import zoo_ready
+
+        return zoo_ready(out)
+    return (out / "base" / "config.json").exists() and (out / "tasks").is_dir()
+
+
+def build(kind: str, out: Path, log: Callable[[str], None] | None = None) -> dict[str, Path]:
+    say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if kind == "skills":
+        from evomerge.models.skill_zoo import build_skill_zoo
+
+        return build_skill_zoo(out, log=say)
+    from evomerge.models.tiny import build_example_zoo
+
+    return build_example_zoo(out)
+
+
+def ensure(kind: str, out: Path, log: Callable[[str], None] | None = None) -> bool:
+    """Build the zoo at `out` unless a finished one is there; True if it was built now."""
+    if ready(kind, out):
+        return False
+    say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say(f"building the {kind} zoo in {out} (once; about a minute on 2 CPU cores)")
+    build(kind, out, say)
+    return True
