@@ -188,7 +188,7 @@ class RayExecutor(Executor):
                 self._flights[slot.actor.evaluate.remote(flight.job)] = flight
 
     def states(self) -> list[str]:
-        now = time.monotonic()
+        now = time.time()  # the clock `dispatched` is read on
         flying = {id(f.slot): f for f in self._flights.values() if f.slot is not None}
         out = []
         for slot in self.slots:
