@@ -253,3 +253,22 @@ def test_demo_config_search_kill_resume_report_export(tmp_path):
     a, b = load_file(out / "model.safetensors"), load_file(tmp_path / "again" /
                                                             "model.safetensors")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_m2n2_whose_every_evaluation_fails_stops_with_the_cause(zoo, tasks_dir, tmp_path):
+    """No initial member scores, so M2N2 has no parents: it asks initial members again until
+    the all-failed rule stops the run, naming the evaluator's error."""
+    from evomerge.run import RunError
+
+    (tmp_path / "broken.py").write_text(
+        "def score(model, tokenizer, split):\n    raise RuntimeError('no GPU here')\n")
+    data = merge_config(zoo, tasks_dir, {"kind": "m2n2", "archive_size": 3},
+                        space={"kind": "seed_mixture", "groups": 1}, budget=30)
+    data["task"].pop("base")
+    data["task"]["evaluators"] = [{"name": "f", "kind": "callable", "function": "broken:score",
+                                   "python_path": [str(tmp_path)], "metrics": ["q"]}]
+    data["task"]["objectives"] = [{"name": "q", "metric": "q"}]
+    with pytest.raises(RunError, match="no GPU here"):
+        SearchRun.create(write_config(tmp_path / "c.yaml", data), tmp_path / "run").run()
+    lines = log_lines(tmp_path / "run")
+    assert 3 < len(lines) < 30 and all(x["status"] == "failed" for x in lines)
