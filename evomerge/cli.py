@@ -259,7 +259,9 @@ def build_zoo(
     kind: Annotated[str, typer.Option(
         help="example: a tiny Llama base and three random variants (base/, math/, code/, "
              "chat/); skills: the quickstart's base and skill experts, trained here "
-             "(base/, math/, rev/, sort/, lang_b/; about a minute).")] = "example",
+             "(base/, math/, rev/, sort/, lang_b/; about a minute); smollm2: "
+             "SmolLM2-135M-Instruct converted from the GGUF of the smollm2 extra (base/).")]
+    = "example",
     size: Annotated[str, typer.Option(help="example zoo: tiny (~0.2M parameters) or small "
                                            "(~6.6M).")] = "tiny",
 ) -> None:
@@ -268,14 +270,16 @@ def build_zoo(
 
     if kind not in zoos.KINDS:
         _fail(f"--kind: {kind!r} is not a zoo (choose from {', '.join(zoos.KINDS)})")
+    from evomerge.models.smollm2 import SmolLM2Error
+
     try:
-        if kind == "skills":
+        if kind != "example":
             dirs = zoos.build(kind, out_dir)
         else:
             from evomerge.models.tiny import build_example_zoo
 
             dirs = build_example_zoo(out_dir, size)
-    except ValueError as exc:
+    except (ValueError, SmolLM2Error) as exc:
         _fail(str(exc))
     typer.echo("built " + ", ".join(str(d) for d in dirs.values()))
 

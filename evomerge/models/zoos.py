@@ -7,10 +7,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-KINDS = ("skills", "example")
+KINDS = ("skills", "example", "smollm2")
 
 
 def ready(kind: str, out: Path) -> bool:
+    if kind == "smollm2":
+        from evomerge.models import smollm2
+
+        return smollm2.ready(out / "base")
     if kind == "skills":
         from evomerge.models.skill_zoo import zoo_ready
 
@@ -20,6 +24,11 @@ def ready(kind: str, out: Path) -> bool:
 
 def build(kind: str, out: Path, log: Callable[[str], None] | None = None) -> dict[str, Path]:
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if kind == "smollm2":  # the real pretrained base (experts: to come)
+        from evomerge.models import smollm2
+
+        out.mkdir(parents=True, exist_ok=True)
+        return {"base": smollm2.convert(out / "base", say)}
     if kind == "skills":
         from evomerge.models.skill_zoo import build_skill_zoo
 
