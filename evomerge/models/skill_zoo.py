@@ -175,44 +175,36 @@ def build_skill_zoo(out: str | Path, settings: ZooSettings | None = None,
     nothing that looks finished; `zoo.json` records the settings and each model's exact
     match on every skill's held-out items.
     """
-    import shutil
-    import uuid
-
     from transformers import LlamaForCausalLM
 
+    from evomerge.atomic import directory_atomic
     from evomerge.models.skill_tasks import write_skill_tasks
 
     s = settings or ZooSettings()
     out = Path(out)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     threads = torch.get_num_threads()
     start = time.perf_counter()
     try:
-        torch.manual_seed(s.seed)
-        base = LlamaForCausalLM(_config(s))
-        _train(base, SKILLS, s.base_steps, s.base_lr, s.batch, s.seed)
-        _save(base, tmp / "base")
-        scores = {"base": {k: exact_match(base, k) for k in SKILLS}}
-        log(f"base trained ({time.perf_counter() - start:.0f} s): " + _fmt(scores["base"]))
-        for i, (name, skills) in enumerate(EXPERTS.items()):
-            expert = LlamaForCausalLM(_config(s))
-            expert.load_state_dict(base.state_dict())
-            _train(expert, skills, s.expert_steps, s.expert_lr, s.batch, s.seed + 1 + i)
-            _save(expert, tmp / name)
-            scores[name] = {k: exact_match(expert, k) for k in SKILLS}
-            log(f"{name} expert trained ({time.perf_counter() - start:.0f} s): "
-                + _fmt(scores[name]))
-        write_skill_tasks(tmp / "tasks", s.eval_items, final_dir=out / "tasks")
-        (tmp / "zoo.json").write_text(json.dumps({
-            "version": ZOO_VERSION, "settings": s.__dict__, "experts": EXPERTS,
-            "exact_match_test": scores,
-            "seconds": round(time.perf_counter() - start, 1)}, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with directory_atomic(out) as tmp:
+            torch.manual_seed(s.seed)
+            base = LlamaForCausalLM(_config(s))
+            _train(base, SKILLS, s.base_steps, s.base_lr, s.batch, s.seed)
+            _save(base, tmp / "base")
+            scores = {"base": {k: exact_match(base, k) for k in SKILLS}}
+            log(f"base trained ({time.perf_counter() - start:.0f} s): " + _fmt(scores["base"]))
+            for i, (name, skills) in enumerate(EXPERTS.items()):
+                expert = LlamaForCausalLM(_config(s))
+                expert.load_state_dict(base.state_dict())
+                _train(expert, skills, s.expert_steps, s.expert_lr, s.batch, s.seed + 1 + i)
+                _save(expert, tmp / name)
+                scores[name] = {k: exact_match(expert, k) for k in SKILLS}
+                log(f"{name} expert trained ({time.perf_counter() - start:.0f} s): "
+                    + _fmt(scores[name]))
+            write_skill_tasks(tmp / "tasks", s.eval_items, final_dir=out / "tasks")
+            (tmp / "zoo.json").write_text(json.dumps({
+                "version": ZOO_VERSION, "settings": s.__dict__, "experts": EXPERTS,
+                "exact_match_test": scores,
+                "seconds": round(time.perf_counter() - start, 1)}, indent=2) + "\n")
     finally:
         torch.set_num_threads(threads)
     return {name: out / name for name in ["base", *EXPERTS]} | {"tasks": out / "tasks"}

