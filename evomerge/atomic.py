@@ -34,16 +34,21 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 
 @contextlib.contextmanager
 def directory_atomic(out: str | Path) -> Iterator[Path]:
-    """Build a directory in a temporary sibling (yielded), then swap it in for `out`; on any
-    error (Ctrl-C included) the sibling is removed and `out` is left as it was."""
+    """Build a directory in a temporary sibling (yielded), then rename it into place; an old
+    `out` is moved aside first and deleted after, so `out` is never missing or half-written.
+    On any error (Ctrl-C included) the sibling is removed and `out` is left as it was."""
     out = Path(out)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
         yield tmp
         if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+            trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            out.rename(trash)
+            tmp.rename(out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

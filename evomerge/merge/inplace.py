@@ -44,6 +44,16 @@ def available_memory(device: torch.device) -> int:
     return int(psutil.virtual_memory().available)
 
 
+def check_sources_and_dtype(recipe: Recipe, sources: list[str], dtype: torch.dtype | None
+                            ) -> None:
+    """A live model is built from its builder's sources, in its dtype, or not at all."""
+    refs = [s.model for s in recipe.sources]
+    if refs != sources:
+        raise MergeError(f"sources: {refs} are not this builder's sources {sources}")
+    if recipe.dtype is not None and _TORCH_DTYPES[recipe.dtype] != dtype:
+        raise MergeError(f"dtype: recipe asks for {recipe.dtype}, the live model is {dtype}")
+
+
 @dataclass
 class BuildStats:
     seconds: float
@@ -159,13 +169,7 @@ class CandidateBuilder:
         if recipe.base is not None and recipe.base != self.base_ref:
             raise MergeError(f"base: {recipe.base!r} is not this builder's base "
                              f"{self.base_ref!r}")
-        refs = [s.model for s in recipe.sources]
-        if refs != self.source_refs:
-            raise MergeError(f"sources: {refs} are not this builder's sources "
-                             f"{self.source_refs}")
-        if recipe.dtype is not None and _TORCH_DTYPES[recipe.dtype] != self.dtype:
-            raise MergeError(f"dtype: recipe asks for {recipe.dtype}, the live model is "
-                             f"{self.dtype}")
+        check_sources_and_dtype(recipe, self.source_refs, self.dtype)
         if recipe.base is None and recipe.method not in ("linear", "slerp"):
             raise MergeError(f"base: method {recipe.method!r} needs a base model")
 

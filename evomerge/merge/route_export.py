@@ -9,24 +9,22 @@ a temporary directory renamed into place when complete.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 import torch
 
+from evomerge.atomic import directory_atomic
 from evomerge.merge.routing import RoutePlan
 from evomerge.merge.streaming import (
     _TORCH_DTYPES,
     MergeOptions,
     MergeSummary,
     _progress,
-    _replace_dir,
     _shard_names,
     _write_metadata,
     open_models,
     plan_shards,
-    temp_sibling,
 )
 from evomerge.models.architecture import tensor_kind
 from evomerge.models.safetensors_io import ShardWriter
@@ -36,7 +34,6 @@ from evomerge.recipe import Recipe
 def write_route(recipe: Recipe, out_dir: Path, options: MergeOptions) -> MergeSummary:
     start = time.perf_counter()
     _, models = open_models(recipe, options)
-    tmp = temp_sibling(out_dir)
     try:
         plan = RoutePlan(recipe, models)
         from evomerge.merge.tokenizer import plan_tokenizer
@@ -62,41 +59,44 @@ def write_route(recipe: Recipe, out_dir: Path, options: MergeOptions) -> MergeSu
             dt = out_dtype if out_dtype is not None else entry.dtype
             items.append((name, dt, tuple(entry.shape)))
         shards = plan_shards(items, options.shard_size)
-        tmp.mkdir(parents=True)
-        written = 0
-        bar = _progress(len(items), options.progress)
-        try:
-            for fname, shard in zip(_shard_names(len(shards)), shards, strict=True):
-                writer = ShardWriter(tmp / fname, shard)
-                for name, dtype, _ in shard:
-                    src, src_name, rest, factor = jobs[name]
-                    tensor = models[src].read(src_name)
-                    if rest is not None and rest in plan.folds and factor != 1.0:
-                        tensor = plan.fold(tensor.float(), rest, factor)
-                    elif rest is None and factor != 1.0:
-                        tensor = tensor.float() * factor
-                    writer.write(name, tensor.to(dtype))
-                    bar.update(1)
-                writer.close()
-                written += writer.nbytes
-        finally:
-            bar.close()
         from evomerge.models.refs import portable_ref
 
         refs = [portable_ref(s.model, recipe.written_ref(s.model), out_dir)
                 for s in recipe.sources]
         config = plan.output_config(plan.route_provenance(refs))
-        _write_metadata(recipe, models[embed], shards, tmp, out_dtype, options, out_dir,
-                        config=config)
-        tokenizer.write(tmp)
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with directory_atomic(out_dir) as tmp:
+            written = _copy_tensors(plan, models, jobs, shards, tmp, options.progress)
+            _write_metadata(recipe, models[embed], shards, tmp, out_dtype, options, out_dir,
+                            config=config)
+            tokenizer.write(tmp)
     finally:
         for m in models:
             m.close()
     return MergeSummary(out_dir, len(items), len(shards), written, time.perf_counter() - start)
+
+
+def _copy_tensors(plan: RoutePlan, models: list, jobs: dict, shards: list, tmp: Path,
+                  progress: bool) -> int:
+    """Each output tensor read from its source, its hop's factor folded in, cast, written."""
+    written = 0
+    bar = _progress(sum(len(s) for s in shards), progress)
+    try:
+        for fname, shard in zip(_shard_names(len(shards)), shards, strict=True):
+            writer = ShardWriter(tmp / fname, shard)
+            for name, dtype, _ in shard:
+                src, src_name, rest, factor = jobs[name]
+                tensor = models[src].read(src_name)
+                if rest is not None and rest in plan.folds and factor != 1.0:
+                    tensor = plan.fold(tensor.float(), rest, factor)
+                elif rest is None and factor != 1.0:
+                    tensor = tensor.float() * factor
+                writer.write(name, tensor.to(dtype))
+                bar.update(1)
+            writer.close()
+            written += writer.nbytes
+    finally:
+        bar.close()
+    return written
 
 
 def materialised_bytes(plan: RoutePlan, dtype: torch.dtype | None = None) -> int:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from evomerge.merge.inplace import BuildStats, available_memory
+from evomerge.merge.inplace import BuildStats, available_memory, check_sources_and_dtype
 from evomerge.merge.routing import RoutePlan
 from evomerge.merge.streaming import _TORCH_DTYPES, MergeError, MergeOptions, open_models
 from evomerge.recipe import Recipe
@@ -169,13 +169,7 @@ class RouteBuilder:
 
     # --- per candidate ----------------------------------------------------------------------
     def plan(self, recipe: Recipe) -> RoutePlan:
-        refs = [s.model for s in recipe.sources]
-        if refs != self.source_refs:
-            raise MergeError(f"sources: {refs} are not this builder's sources "
-                             f"{self.source_refs}")
-        if recipe.dtype is not None and _TORCH_DTYPES[recipe.dtype] != self.dtype:
-            raise MergeError(f"dtype: recipe asks for {recipe.dtype}, the live model is "
-                             f"{self.dtype}")
+        check_sources_and_dtype(recipe, self.source_refs, self.dtype)
         return RoutePlan(recipe, self.models)
 
     def check(self, recipe: Recipe) -> None:

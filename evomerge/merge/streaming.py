@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
-import uuid
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from evomerge.atomic import directory_atomic
 from evomerge.merge.tensor_merge import merge_tensor
 from evomerge.models.architecture import count_layers, tensor_site
 from evomerge.models.safetensors_io import ShardWriter
@@ -159,7 +158,6 @@ def merge_to_directory(recipe: Recipe, out_dir: str | Path, options: MergeOption
     start = time.perf_counter()
     base, sources = open_models(recipe, options)
     models = ([base] if base else []) + sources
-    tmp = temp_sibling(out_dir)
     try:
         check_compatible(models)
         from evomerge.merge.tokenizer import plan_tokenizer
@@ -176,14 +174,10 @@ def merge_to_directory(recipe: Recipe, out_dir: str | Path, options: MergeOption
         # of the head running alone at the end.
         items.sort(key=lambda item: -_numel(item[2]))
         shards = plan_shards(items, options.shard_size)
-        tmp.mkdir(parents=True)
-        written = _write_shards(recipe, base, sources, shards, tmp, num_layers, options)
-        _write_metadata(recipe, ref, shards, tmp, out_dtype, options, out_dir)
-        tokenizer.write(tmp)
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with directory_atomic(out_dir) as tmp:
+            written = _write_shards(recipe, base, sources, shards, tmp, num_layers, options)
+            _write_metadata(recipe, ref, shards, tmp, out_dtype, options, out_dir)
+            tokenizer.write(tmp)
     finally:
         for m in models:
             m.close()
@@ -200,11 +194,6 @@ def check_output(recipe: Recipe, out_dir: Path, options: MergeOptions) -> None:
                                                                recipe.sources)) if m])
     if options.device.startswith("cuda") and not torch.cuda.is_available():
         raise MergeError(f"device: {options.device} requested but CUDA is not available")
-
-
-def temp_sibling(out_dir: Path) -> Path:
-    """Where an output is written before it is renamed into place."""
-    return out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
 
 
 def _shard_names(n: int) -> list[str]:
@@ -409,15 +398,3 @@ def check_replaceable(out_dir: Path, inputs: list[str] | None = None) -> None:
                          f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}, "
                          "which a merge does not write; --overwrite replaces only a model "
                          "directory: choose another path or remove it yourself")
-
-
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Rename the finished temp dir into place; an old one is moved aside first, then deleted."""
-    if out_dir.exists():
-        trash = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        out_dir.rename(trash)
-        tmp.rename(out_dir)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        tmp.rename(out_dir)
-

@@ -188,10 +188,10 @@ class MergeTask(Task):
 
     def _check_routable(self) -> None:
         """A route through every source: the sources' layers can run in one stream."""
-        from evomerge.merge.routing import RoutePlan, SourceLayout
+        from evomerge.merge.routing import RoutePlan
 
+        last = self.space.layers[0] - 1  # counted when the space was built
         with self._opened_sources() as models:
-            last = SourceLayout.of(models[0], "sources[0]").num_layers - 1
             hops = [{"source": i, "layer": 0} for i in range(len(models))]
             probe = Recipe.from_dict({"method": "passthrough",
                                       "route": [*hops, {"source": 0, "layer": last}],
