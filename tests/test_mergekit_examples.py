@@ -183,11 +183,14 @@ def test_linear_with_a_base_model_merges_the_base_too(sides, monkeypatch):
     assert_same_model(ours, theirs, exact=False)
 
 
-def test_bf16_sources_without_dtype_match_with_the_flag(zoo_bf16, tmp_path, monkeypatch,
-                                                        caplog):
-    """No `dtype`: mergekit runs TIES in the sources' bfloat16; the flag does the same."""
-    cfg = {"merge_method": "ties", "base_model": str(zoo_bf16["base"]),
-           "models": [{"model": str(zoo_bf16[k]), "parameters": {"weight": w, "density": 0.4}}
+@pytest.mark.parametrize("method", ["ties", "task_arithmetic"])
+def test_bf16_sources_without_dtype_match_with_the_flag(method, zoo_bf16, tmp_path,
+                                                        monkeypatch, caplog):
+    """No `dtype`: mergekit runs TIES (or task arithmetic, which has no density to read) in
+    the sources' bfloat16; the flag does the same."""
+    density = {"density": 0.4} if method == "ties" else {}
+    cfg = {"merge_method": method, "base_model": str(zoo_bf16["base"]),
+           "models": [{"model": str(zoo_bf16[k]), "parameters": {"weight": w, **density}}
                       for k, w in (("a", 0.7), ("b", 0.6))]}
     sides = {s: tmp_path / s for s in ("mergekit", "evomerge")}
     for d in sides.values():

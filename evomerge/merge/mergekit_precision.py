@@ -46,14 +46,15 @@ def merge_tensor_like_mergekit(recipe: Recipe, site: TensorSite, base: torch.Ten
     assert b is not None
     trims = []
     for i in range(len(ins)):
+        if m == "task_arithmetic":  # no trim, and no density to read
+            trims.append(None)
+            continue
         density = recipe.source_param(i, "density", site)
         if m.startswith("breadcrumbs"):
             gamma = recipe.source_param(i, "gamma", site)
             trims.append(lambda d, density=density, gamma=gamma: trim_outliers(d, density, gamma))
-        elif m == "ties":
+        else:  # ties
             trims.append(lambda d, density=density: trim_magnitude(d, density))
-        else:
-            trims.append(None)
     out = task_arithmetic_family(
         b, ins, weights, trims, consensus=m in ("ties", "breadcrumbs_ties"),
         lam=float(recipe.shared_param("lambda", site)),
