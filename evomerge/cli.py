@@ -260,7 +260,8 @@ def build_zoo(
         help="example: a tiny Llama base and three random variants (base/, math/, code/, "
              "chat/); skills: the quickstart's base and skill experts, trained here "
              "(base/, math/, rev/, sort/, lang_b/; about a minute); smollm2: "
-             "SmolLM2-135M-Instruct converted from the GGUF of the smollm2 extra (base/).")]
+             "SmolLM2-135M-Instruct converted from the GGUF of the smollm2 extra (base/) and two "
+             "experts fine-tuned from it here (math/, french/; about 10 minutes).")]
     = "example",
     size: Annotated[str, typer.Option(help="example zoo: tiny (~0.2M parameters) or small "
                                            "(~6.6M).")] = "tiny",
@@ -272,6 +273,9 @@ def build_zoo(
         _fail(f"--kind: {kind!r} is not a zoo (choose from {', '.join(zoos.KINDS)})")
     from evomerge.models.smollm2 import SmolLM2Error
 
+    if kind != "example" and zoos.ready(kind, out_dir):
+        typer.echo(f"{out_dir}: a finished {kind} zoo is already there (delete it to rebuild)")
+        return
     try:
         if kind != "example":
             dirs = zoos.build(kind, out_dir)
@@ -281,6 +285,10 @@ def build_zoo(
             dirs = build_example_zoo(out_dir, size)
     except (ValueError, SmolLM2Error) as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:
+        typer.echo(f"\ninterrupted: nothing half-written is left in {out_dir}; the same command "
+                   "continues (finished models are reused)", err=True)
+        raise typer.Exit(130) from None
     typer.echo("built " + ", ".join(str(d) for d in dirs.values()))
 
 

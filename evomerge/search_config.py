@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from evomerge.evaluate.specs import EvaluatorSpec
+from evomerge.models.zoos import KINDS as ZOO_KINDS
 from evomerge.recipe import METHODS, PARAM_RANGES, TENSOR_KINDS, RecipeError, _describe
 
 
@@ -331,7 +332,7 @@ class ZooSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["skills", "example"]
+    kind: Literal[ZOO_KINDS]  # type: ignore[valid-type]
     dir: str = Field(min_length=1)  # relative to the current directory
 
 
@@ -446,8 +447,12 @@ def _ensure_zoo(data: dict[str, Any], path: Path) -> None:
     except ValidationError as exc:
         raise ConfigError(f"{path}: zoo.{_describe(exc)}") from None
     from evomerge.models import zoos
+    from evomerge.models.smollm2 import SmolLM2Error
 
-    zoos.ensure(spec.kind, Path(spec.dir))
+    try:
+        zoos.ensure(spec.kind, Path(spec.dir))
+    except SmolLM2Error as exc:
+        raise ConfigError(f"{path}: zoo.kind {spec.kind}: {exc}") from None
 
 
 def _resolve_paths(task: MergeTaskSpec, config_path: Path) -> None:

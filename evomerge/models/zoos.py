@@ -8,13 +8,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 KINDS = ("skills", "example", "smollm2")
+DURATION = {"skills": "about a minute", "example": "seconds",
+            "smollm2": "about 10 minutes: conversion and two fine-tunes"}
 
 
 def ready(kind: str, out: Path) -> bool:
     if kind == "smollm2":
         from evomerge.models import smollm2
+        from evomerge.models.smollm2_experts import experts_ready
 
-        return smollm2.ready(out / "base")
+        return smollm2.ready(out / "base") and experts_ready(out)
     if kind == "skills":
         from evomerge.models.skill_zoo import zoo_ready
 
@@ -22,13 +25,24 @@ def ready(kind: str, out: Path) -> bool:
     return (out / "base" / "config.json").exists() and (out / "tasks").is_dir()
 
 
-def build(kind: str, out: Path, log: Callable[[str], None] | None = None) -> dict[str, Path]:
-    say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    if kind == "smollm2":  # the real pretrained base (experts: to come)
+def check(kind: str) -> None:
+    """Raise (SmolLM2Error) where this kind cannot be built here, before anything is said or
+    written."""
+    if kind == "smollm2":
         from evomerge.models import smollm2
 
+        smollm2.gguf_path()
+
+
+def build(kind: str, out: Path, log: Callable[[str], None] | None = None) -> dict[str, Path]:
+    check(kind)
+    say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if kind == "smollm2":  # the real pretrained base and experts fine-tuned from it
+        from evomerge.models import smollm2
+        from evomerge.models.smollm2_experts import build_experts
+
         out.mkdir(parents=True, exist_ok=True)
-        return {"base": smollm2.convert(out / "base", say)}
+        return build_experts(out, smollm2.convert(out / "base", say), log=say)
     if kind == "skills":
         from evomerge.models.skill_zoo import build_skill_zoo
 
@@ -42,7 +56,8 @@ def ensure(kind: str, out: Path, log: Callable[[str], None] | None = None) -> bo
     """Build the zoo at `out` unless a finished one is there; True if it was built now."""
     if ready(kind, out):
         return False
+    check(kind)
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    say(f"building the {kind} zoo in {out} (once; about a minute on 2 CPU cores)")
+    say(f"building the {kind} zoo in {out} (once; {DURATION[kind]} on 2 CPU cores)")
     build(kind, out, say)
     return True
