@@ -14,6 +14,11 @@ drift on a shared machine hits both. The memory-bandwidth floor is bytes read + 
 copy bandwidth measured in the same run: no merge can be faster than moving its bytes once.
 
     python scripts/bench_merge.py [--repeats 3] [--methods linear,ties,dare_ties] [--quick]
+    python scripts/bench_merge.py --real smollm2_zoo   # a real model: SmolLM2-135M experts
+
+`--real DIR` merges a real model's checkpoints instead: the SmolLM2-135M zoo of
+`evomerge build-zoo DIR --kind smollm2` (float32 base and two fine-tuned experts), with the
+same recipes (bf16 output), reported to results/bench_merge_smollm2.md.
 """
 
 from __future__ import annotations
@@ -128,9 +133,9 @@ def build_zoo(root: Path, model: Model, name: str) -> dict[str, Path]:
     return dirs
 
 
-def write_recipes(zoo: dict[str, Path], out: Path) -> dict[str, Path]:
+def write_recipes(zoo: dict[str, Path], out: Path, variants: list[str]) -> dict[str, Path]:
     """mergekit YAML for each method; the same file is given to both tools."""
-    srcs = [str(zoo[v]) for v in VARIANTS]
+    srcs = [str(zoo[v]) for v in variants]
     sparse = [{"model": s, "parameters": {"weight": 0.4, "density": 0.5}} for s in srcs]
     configs = {
         "linear": {"merge_method": "linear", "dtype": "bfloat16",
@@ -145,6 +150,32 @@ def write_recipes(zoo: dict[str, Path], out: Path) -> dict[str, Path]:
         paths[method] = out / f"{method}.yaml"
         paths[method].write_text(yaml.safe_dump(cfg, sort_keys=False))
     return paths
+
+
+def real_zoo(root: Path) -> tuple[dict[str, Path], tuple[str, ...], int, str]:
+    """The SmolLM2 zoo's base and experts as the benchmark's sources."""
+    from safetensors import safe_open
+
+    root = root.resolve()  # a relative "dir/name" would read as a hub id to mergekit
+    dirs = {"base": root / "base", "math": root / "math", "french": root / "french"}
+    missing = [str(d) for d in dirs.values() if not (d / "config.json").exists()]
+    if missing:
+        raise SystemExit(f"--real: {', '.join(missing)} missing; build the zoo first: "
+                         f"evomerge build-zoo {root} --kind smollm2")
+    n = 0
+    for f in (dirs["base"]).glob("*.safetensors"):
+        with safe_open(str(f), "pt") as h:
+            n += sum(_numel(h.get_slice(k).get_shape()) for k in h.keys())  # noqa: SIM118
+    return dirs, ("math", "french"), n, (
+        f"SmolLM2-135M-Instruct, a real model ({n:,} parameters, tied embeddings, float32 "
+        "checkpoints): its base and the math and french experts fine-tuned from it")
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def run_once(cmd: list[str], log: Path) -> tuple[float, float, int]:
@@ -220,12 +251,16 @@ def main() -> None:
                     help="markdown report (default results/bench_merge.md; --quick writes none "
                          "unless given)")
     ap.add_argument("--no-mergekit", action="store_true", help="time evomerge only")
+    ap.add_argument("--real", type=Path, default=None,
+                    help="a SmolLM2 zoo (evomerge build-zoo DIR --kind smollm2) to merge "
+                         "instead of the synthetic family")
     args = ap.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods or args.repeats < 1:
         ap.error(f"--methods: choose from {','.join(METHODS)}; --repeats >= 1")
-    out_md = args.out or (None if args.quick else Path("results/bench_merge.md"))
+    out_md = args.out or (None if args.quick else Path(
+        "results/bench_merge_smollm2.md" if args.real else "results/bench_merge.md"))
     command = shlex.join(["python", "scripts/bench_merge.py", *sys.argv[1:]])
 
     bindir = Path(sys.executable).parent
@@ -238,10 +273,15 @@ def main() -> None:
     info = machine_info()
     for line in info:
         print(line)
-    model = QUICK if args.quick else FULL
-    n_params = count_params(model)
-    print(f"model: {n_params:,} parameters ({n_params / 1e6:.1f}M) per model, bf16", flush=True)
-    zoo = build_zoo(args.zoo, model, "quick" if args.quick else "full")
+    if args.real:
+        zoo, variants, n_params, what = real_zoo(args.real)
+    else:
+        model = QUICK if args.quick else FULL
+        n_params = count_params(model)
+        zoo, variants = build_zoo(args.zoo, model, "quick" if args.quick else "full"), VARIANTS
+        what = (f"{n_params:,} parameters ({n_params / 1e6:.1f}M) bf16 Llama; a base and three "
+                "fine-tune-like variants")
+    print(f"model: {what}", flush=True)
     bandwidth = copy_bandwidth()
     print(f"copy bandwidth: {bandwidth / 1e9:.1f} GB/s (read + write bytes, best of 7, "
           "256 MiB torch copy_)", flush=True)
@@ -253,10 +293,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="evomerge-bench-"))
     rows = []
     try:
-        recipes = write_recipes(zoo, work)
+        recipes = write_recipes(zoo, work, list(variants))
         for method in methods:
             recipe = recipes[method]
-            inputs = list(VARIANTS) + ([] if method == "linear" else ["base"])
+            inputs = list(variants) + ([] if method == "linear" else ["base"])
             read = sum(weight_bytes(zoo[k]) for k in inputs)
             cmds = {"evomerge": [evomerge, "merge", str(recipe), str(work / "out-evomerge"),
                                  "--overwrite", "--no-progress"]}
@@ -302,7 +342,7 @@ def main() -> None:
 
     info.append(f"1-min load average {load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end "
                 f"(this run keeps about 1-2 busy; more means something else shared the cores)")
-    text = report(command, info, n_params, bandwidth, args.repeats, have_mk, rows)
+    text = report(command, info, what, bandwidth, args.repeats, have_mk, rows)
     print()
     print(text)
     if out_md is not None:
@@ -315,7 +355,7 @@ def main() -> None:
         print(f"wrote {out_md}")
 
 
-def report(command: str, info: list[str], n_params: int, bandwidth: float, repeats: int,
+def report(command: str, info: list[str], what: str, bandwidth: float, repeats: int,
            have_mk: bool, rows: list) -> str:
     na = "n/a"
     lines = [
@@ -324,8 +364,7 @@ def report(command: str, info: list[str], n_params: int, bandwidth: float, repea
         f"Command: `{command}`",
         "",
         *(f"- {line}" for line in info),
-        f"- Model: {n_params:,} parameters ({n_params / 1e6:.1f}M) bf16 Llama; a base and three "
-        "fine-tune-like variants; recipes are mergekit YAML given to both tools unchanged "
+        f"- Model: {what}; recipes are mergekit YAML given to both tools unchanged "
         "(weight 0.34 each for linear; weight 0.4, density 0.5 for ties and dare_ties).",
         f"- Measured copy bandwidth: {bandwidth / 1e9:.1f} GB/s (bytes read + written, best of "
         "7 torch copy_ of 256 MiB); bandwidth floor = (bytes read + bytes written) / bandwidth.",

@@ -92,9 +92,12 @@ def hand_set(zoo: Path) -> list[tuple[str, dict]]:
     return recipes
 
 
-def score_recipes(zoo: Path, recipes: list[tuple[str, dict]], tasks: list[str]
-                  ) -> list[tuple[str, dict]]:
-    """Each recipe built by `evomerge merge`'s engine and scored by lm-eval on `tasks`."""
+def score_recipes(zoo: Path, recipes: list[tuple[str, dict | Path]], tasks: list[str],
+                  batch_size: int = 256) -> list[tuple[str, dict]]:
+    """Each recipe built by `evomerge merge`'s engine (or a model directory as it is) and
+    scored by lm-eval on `tasks` (files under zoo/tasks): {skill: acc}."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from evomerge.evaluate.base import build_evaluator
     from evomerge.evaluate.specs import LMEvalSpec
     from evomerge.merge.streaming import MergeOptions, merge_to_directory
@@ -102,19 +105,21 @@ def score_recipes(zoo: Path, recipes: list[tuple[str, dict]], tasks: list[str]
 
     spec = LMEvalSpec.model_validate({
         "name": "s", "kind": "lm_eval", "include_path": [str(zoo / "tasks")],
-        "tasks": tasks, "heldout_tasks": tasks, "batch_size": 256})
+        "tasks": tasks, "heldout_tasks": tasks, "batch_size": batch_size})
     ev = build_evaluator(spec, "<results>")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, r in recipes:
             d = Path(tmp) / "m"
-            merge_to_directory(Recipe.from_dict(r), d, MergeOptions(overwrite=True))
-            model = AutoModelForCausalLM.from_pretrained(d).eval()
+            if isinstance(r, Path):
+                d = r
+            else:
+                merge_to_directory(Recipe.from_dict(r), d, MergeOptions(overwrite=True))
+            model = AutoModelForCausalLM.from_pretrained(d, dtype="float32").eval()
             tok = AutoTokenizer.from_pretrained(d)
             m = ev.evaluate(model, tok, "heldout").metrics
             out.append((name, {t.rsplit("_", 1)[0]: m[f"{t}/acc"] for t in tasks}))
+            print(f"scored {name}: {out[-1][1]}", flush=True)
     return out
 
 
