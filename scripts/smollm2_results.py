@@ -270,8 +270,12 @@ def main() -> None:
     args = ap.parse_args()
     command = shlex.join(["python", "scripts/smollm2_results.py", *sys.argv[1:]])
     from evomerge.models import zoos
+    from evomerge.models.smollm2 import SmolLM2Error
 
-    zoos.ensure("smollm2", args.zoo)
+    try:
+        zoos.ensure("smollm2", args.zoo)
+    except SmolLM2Error as exc:
+        raise SystemExit(f"error: {exc}") from None
     zoo, runs = args.zoo.resolve(), args.runs.resolve()
     meta = json.loads((zoo / "zoo.json").read_text())
     info = machine_info()
