@@ -154,7 +154,7 @@ def write_recipes(zoo: dict[str, Path], out: Path, variants: list[str]) -> dict[
 
 def real_zoo(root: Path) -> tuple[dict[str, Path], tuple[str, ...], int, str]:
     """The SmolLM2 zoo's base and experts as the benchmark's sources."""
-    from safetensors import safe_open
+    from evomerge.models.source import SourceModel
 
     root = root.resolve()  # a relative "dir/name" would read as a hub id to mergekit
     dirs = {"base": root / "base", "math": root / "math", "french": root / "french"}
@@ -162,20 +162,12 @@ def real_zoo(root: Path) -> tuple[dict[str, Path], tuple[str, ...], int, str]:
     if missing:
         raise SystemExit(f"--real: {', '.join(missing)} missing; build the zoo first: "
                          f"evomerge build-zoo {root} --kind smollm2")
-    n = 0
-    for f in (dirs["base"]).glob("*.safetensors"):
-        with safe_open(str(f), "pt") as h:
-            n += sum(_numel(h.get_slice(k).get_shape()) for k in h.keys())  # noqa: SIM118
+    base = SourceModel.open(str(dirs["base"]))
+    n = sum(e.numel for e in base.entries.values())
+    base.close()
     return dirs, ("math", "french"), n, (
         f"SmolLM2-135M-Instruct, a real model ({n:,} parameters, tied embeddings, float32 "
         "checkpoints): its base and the math and french experts fine-tuned from it")
-
-
-def _numel(shape: list[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def run_once(cmd: list[str], log: Path) -> tuple[float, float, int]:

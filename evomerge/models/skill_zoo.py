@@ -191,7 +191,8 @@ def build_skill_zoo(out: str | Path, settings: ZooSettings | None = None,
             _train(base, SKILLS, s.base_steps, s.base_lr, s.batch, s.seed)
             _save(base, tmp / "base")
             scores = {"base": {k: exact_match(base, k) for k in SKILLS}}
-            log(f"base trained ({time.perf_counter() - start:.0f} s): " + _fmt(scores["base"]))
+            log(f"base trained ({time.perf_counter() - start:.0f} s): "
+                + format_scores(scores["base"]))
             for i, (name, skills) in enumerate(EXPERTS.items()):
                 expert = LlamaForCausalLM(_config(s))
                 expert.load_state_dict(base.state_dict())
@@ -199,7 +200,7 @@ def build_skill_zoo(out: str | Path, settings: ZooSettings | None = None,
                 _save(expert, tmp / name)
                 scores[name] = {k: exact_match(expert, k) for k in SKILLS}
                 log(f"{name} expert trained ({time.perf_counter() - start:.0f} s): "
-                    + _fmt(scores[name]))
+                    + format_scores(scores[name]))
             write_skill_tasks(tmp / "tasks", s.eval_items, final_dir=out / "tasks")
             (tmp / "zoo.json").write_text(json.dumps({
                 "version": ZOO_VERSION, "settings": s.__dict__, "experts": EXPERTS,
@@ -210,7 +211,7 @@ def build_skill_zoo(out: str | Path, settings: ZooSettings | None = None,
     return {name: out / name for name in ["base", *EXPERTS]} | {"tasks": out / "tasks"}
 
 
-def _fmt(scores: dict[str, float]) -> str:
+def format_scores(scores: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.2f}" for k, v in scores.items())
 
 

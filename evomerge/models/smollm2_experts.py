@@ -213,6 +213,7 @@ def build_experts(out: str | Path, base: Path, settings: dict[str, ExpertSetting
     from transformers.utils import logging as hf_logging
 
     from evomerge.atomic import directory_atomic
+    from evomerge.models.skill_zoo import format_scores
 
     hf_logging.disable_progress_bar()
     out = Path(out)
@@ -228,7 +229,7 @@ def build_experts(out: str | Path, base: Path, settings: dict[str, ExpertSetting
         return LlamaForCausalLM.from_pretrained(base, dtype=torch.float32)
 
     scores = {"base": scores_of(load())}
-    log(f"base: {_fmt(scores['base'])} (held-out exact match)")
+    log(f"base: {format_scores(scores['base'])} (held-out exact match)")
     seconds: dict[str, float] = {}
     for name, skill in EXPERTS.items():
         if name not in chosen:
@@ -253,7 +254,7 @@ def build_experts(out: str | Path, base: Path, settings: dict[str, ExpertSetting
             (tmp / EXPERT_MARKER).write_text(json.dumps(
                 wanted | {"exact_match_test": scores[name], "train_seconds": seconds[name]},
                 indent=2) + "\n")
-        log(f"{name} ({seconds[name]:.0f} s): {_fmt(scores[name])}")
+        log(f"{name} ({seconds[name]:.0f} s): {format_scores(scores[name])}")
     write_tasks(out / "tasks", out / "tasks")
     (out / "zoo.json").write_text(json.dumps({
         "version": ZOO_VERSION, "experts": EXPERTS,
@@ -261,10 +262,6 @@ def build_experts(out: str | Path, base: Path, settings: dict[str, ExpertSetting
         "exact_match_test": scores, "train_seconds": seconds,
         "seconds": round(time.perf_counter() - start, 1)}, indent=2) + "\n")
     return {"base": base, **{n: out / n for n in chosen}, "tasks": out / "tasks"}
-
-
-def _fmt(scores: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.2f}" for k, v in scores.items())
 
 
 def _read_json(path: Path) -> dict | None:
