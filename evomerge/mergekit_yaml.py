@@ -4,7 +4,8 @@ Users already hold mergekit configs; importing them means `evomerge merge` accep
 Both of mergekit's forms are read: `models:` (one entry per model, parameters apply to all
 layers) and `slices:` (per layer range; every slice must list the same models over the same
 range). A `passthrough` layer stack (slices of one model's layer range each, from several
-models) is a data-flow route, and is read as a route recipe.
+models) is a data-flow route, and is read as a route recipe; its `scale` parameters (mergekit's
+per-tensor multipliers) become each hop's `tensor_scale`.
 Parameter values (numbers, gradients, `{filter, value}` lists) carry over unchanged: the
 Recipe evaluates them with mergekit's rules.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,9 @@ from evomerge.recipe import (
     TOKENIZER_KEYWORDS,
     Recipe,
     RecipeError,
+    RouteHop,
+    TensorScale,
+    matching_scale,
 )
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,13 @@ _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16"
 _TOP_KEYS = {"merge_method", "base_model", "dtype", "out_dtype", "models", "slices", "modules",
              "parameters", "tokenizer_source", "tokenizer", "chat_template"}
 _GTA = ("task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties")
+# mergekit's names (the route families' too) for the tensors a passthrough stack takes from its
+# first slice (the embeddings) and its last (the final norm and the head): they are scaled by
+# that slice's `scale` too (read at t = 0), which a route never does
+_FIRST_SLICE_TENSORS = ("model.embed_tokens.weight",)
+_LAST_SLICE_TENSORS = ("model.norm.weight", "lm_head.weight")
+# one condition of a passthrough `scale` setting: (filter or None, number or gradient)
+_Condition = tuple[str | None, float | list[float]]
 
 
 def _warn_unknown(entry: dict, known: set[str], where: str) -> None:
@@ -165,7 +177,7 @@ def recipe_from_mergekit(data: dict, origin: str = "<mergekit>", match_precision
     declares) tells when mergekit, given no `dtype`, would merge 16-bit sources in 16 bits."""
     method = data.get("merge_method")
     if method == "passthrough":
-        return _route_from_mergekit(data, origin)
+        return _route_from_mergekit(data, origin, source_dtype)
     if method not in METHODS:
         raise RecipeError(
             f"{origin}: merge_method: {method!r} is not supported (supported: {list(METHODS)})"
@@ -227,18 +239,23 @@ def recipe_from_mergekit(data: dict, origin: str = "<mergekit>", match_precision
     return Recipe.from_dict({k: v for k, v in out.items() if v is not None}, origin)
 
 
-def _route_from_mergekit(data: dict, origin: str) -> Recipe:
+def _route_from_mergekit(data: dict, origin: str,
+                         source_dtype: Callable[[str], str | None] | None = None) -> Recipe:
     """A passthrough layer stack (`slices:` of one model's `layer_range` each) as a route:
     mergekit takes the embeddings from the first slice's model and the final norm and head
-    from the last's, which is what `embed_source` / `head_source` say."""
+    from the last's, which is what `embed_source` / `head_source` say. Its `scale` settings
+    (source > slice > top level, gradients over each slice's layers) become each hop's
+    `tensor_scale`, resolved for that hop."""
     _warn_unknown(data, _TOP_KEYS, origin)
-    for key in ("models", "modules", "base_model", "parameters"):
+    for key in ("models", "modules", "base_model"):
         if data.get(key) is not None:
             raise RecipeError(f"{origin}: {key}: not supported with merge_method passthrough "
                               "(evomerge reads passthrough layer stacks given as slices:)")
     slices = data.get("slices")
     if not isinstance(slices, list) or not slices:
         raise RecipeError(f"{origin}: slices: a passthrough layer stack needs a non-empty list")
+    top = (_scale_setting(data.get("parameters"), f"{origin}: parameters"),
+           f"{origin}: parameters.scale")
     models: list[str] = []
     hops = []
     for i, sl in enumerate(slices):
@@ -251,19 +268,26 @@ def _route_from_mergekit(data: dict, origin: str) -> Recipe:
         src = srcs[0]
         if isinstance(src, dict):
             _warn_unknown(src, {"model", "layer_range", "parameters"}, f"{where}.sources[0]")
-        for owner, at in ((sl, where), (src, f"{where}.sources[0]")):
-            if isinstance(owner, dict) and owner.get("parameters"):
-                raise RecipeError(f"{at}.parameters: passthrough parameters (such as scale) are "
-                                  "not supported; evomerge routes scale each hop's input")
         name = _model_name(src, f"{where}.sources[0]")
         lr = src.get("layer_range") if isinstance(src, dict) else None
         if (not isinstance(lr, list) or len(lr) != 2 or not all(isinstance(x, int) for x in lr)
                 or not 0 <= lr[0] < lr[1]):
             raise RecipeError(f"{where}.sources[0].layer_range: expected [start, end) with "
                               f"0 <= start < end, got {lr!r}")
+        scopes = [(_scale_setting(src.get("parameters") if isinstance(src, dict) else None,
+                                  f"{where}.sources[0].parameters"),
+                   f"{where}.sources[0].parameters.scale"),
+                  (_scale_setting(sl.get("parameters"), f"{where}.parameters"),
+                   f"{where}.parameters.scale"), top]
+        _check_ends(scopes, (_FIRST_SLICE_TENSORS if i == 0 else ()) +
+                    (_LAST_SLICE_TENSORS if i == len(slices) - 1 else ()))
         if name not in models:
             models.append(name)
-        hops += [{"source": models.index(name), "layer": j} for j in range(*lr)]
+        n = lr[1] - lr[0]
+        for idx, layer in enumerate(range(*lr)):
+            chain = [e for e, _ in _resolve_scale(scopes, idx / (n - 1) if n > 1 else 1.0)]
+            hops.append({"source": models.index(name), "layer": layer,
+                         "tensor_scale": [e.model_dump(exclude_none=True) for e in chain]})
     head = hops[-1]["source"]
     out: dict[str, Any] = {
         "method": "passthrough",
@@ -274,12 +298,123 @@ def _route_from_mergekit(data: dict, origin: str) -> Recipe:
         "chat_template": data.get("chat_template"),
         "tokenizer_source": _tokenizer_source(data, origin),
     }
-    return Recipe.from_dict({k: v for k, v in out.items() if v is not None}, origin)
+    recipe = Recipe.from_dict({k: v for k, v in out.items() if v is not None}, origin)
+    if any(e.value != 1.0 for h in recipe.route or [] for e in h.tensor_scale or []):
+        _warn_scale_precision(data, origin, source_dtype(models[0]) if source_dtype else None)
+    return recipe
+
+
+def _scale_setting(raw: Any, where: str) -> list[_Condition]:
+    """The `scale` of a passthrough `parameters:` mapping as mergekit's ordered conditions (a
+    number or a gradient is one condition for every tensor). Passthrough reads nothing else:
+    other keys are named and ignored, as mergekit ignores them."""
+    if raw is None:
+        return []
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{where}: parameters must be a mapping")
+    for key in raw:
+        if key != "scale":
+            log.warning("%s.%s: not used by passthrough, ignored (as mergekit does)", where, key)
+    if "scale" not in raw:
+        return []
+    setting, where = raw["scale"], f"{where}.scale"
+    if setting == []:
+        return []  # mergekit: no value here, the next level's applies
+    if isinstance(setting, dict):
+        setting = [setting]
+    if not (isinstance(setting, list) and any(isinstance(c, dict) for c in setting)):
+        return [(None, _scale_value(setting, where))]
+    conditions: list[_Condition] = []
+    for i, cond in enumerate(setting):
+        at = f"{where}[{i}]"
+        if not isinstance(cond, dict) or "value" not in cond or set(cond) - {"filter", "value"}:
+            raise RecipeError(f"{at}: expected {{filter: ..., value: ...}}, got {cond!r}")
+        f = cond.get("filter")
+        if f is not None and not isinstance(f, str):
+            raise RecipeError(f"{at}.filter: expected a substring of tensor names, got {f!r}")
+        if cond["value"] == []:
+            raise RecipeError(f"{at}.value: an empty gradient (which makes mergekit skip to the "
+                              "next level for the tensors it matches) is not supported")
+        conditions.append((None if f in (None, "", "*") else f,
+                           _scale_value(cond["value"], f"{at}.value")))
+    return conditions
+
+
+def _scale_value(value: Any, where: str) -> float | list[float]:
+    """A number or a gradient (a list of numbers), as mergekit validates a float: YAML reads
+    1e-3 as a string, which mergekit takes as a number."""
+    if isinstance(value, list) and value:
+        return [_scale_number(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return _scale_number(value, where)
+
+
+def _scale_number(value: Any, where: str) -> float:
+    number = None
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    if number is None or not math.isfinite(number):
+        raise RecipeError(f"{where}: expected a finite number, a gradient (list of numbers) or "
+                          f"{{filter, value}} conditions, got {value!r}")
+    return number
+
+
+def _at(value: float | list[float], t: float) -> float:
+    """A gradient at t, in mergekit's arithmetic (so the very same float)."""
+    if not isinstance(value, list):
+        return value
+    scaled = t * (len(value) - 1)
+    i0 = int(scaled)
+    i1 = min(len(value) - 1, i0 + 1)
+    frac = scaled - i0
+    return (1 - frac) * value[i0] + frac * value[i1]
+
+
+def _resolve_scale(scopes: list[tuple[list[_Condition], str]], t: float
+                   ) -> list[tuple[TensorScale, str]]:
+    """The conditions of every level in mergekit's precedence, evaluated at t, as one list
+    whose first match decides (a level matching nothing leaves the tensor to the next), each
+    with where it was written; what follows an unfiltered condition never applies."""
+    chain = []
+    for conditions, where in scopes:
+        for f, value in conditions:
+            chain.append((TensorScale(filter=f, value=_at(value, t)), where))
+            if f is None:
+                return chain
+    return chain
+
+
+def _check_ends(scopes: list[tuple[list[_Condition], str]], names: tuple[str, ...]) -> None:
+    """mergekit scales the embeddings by the first slice's `scale` and the final norm and the
+    head by the last's (at t = 0); a route copies them as they are, so only 1 is accepted."""
+    chain = _resolve_scale(scopes, 0.0)
+    for name in names:
+        entry = matching_scale([e for e, _ in chain], name)
+        if entry is None or entry.value == 1.0:
+            continue
+        where = next(at for e, at in chain if e is entry)
+        how = f"filter {entry.filter!r}" if entry.filter else "no filter"
+        raise RecipeError(f"{where}: mergekit would multiply {name} by {entry.value:g} too "
+                          f"({how}); evomerge routes copy the embeddings, final norm and head "
+                          f"unscaled: give it 1 (e.g. {{filter: {name}, value: 1}} first)")
+
+
+def _warn_scale_precision(data: dict, origin: str, native: str | None) -> None:
+    """evomerge multiplies in the dtype it stores; mergekit in its `dtype` (else the sources'),
+    then casts to `out_dtype`: the same numbers unless the two differ."""
+    compute = _dtype(data, "dtype", origin) or native
+    stored = _dtype(data, "out_dtype", origin)
+    if compute and stored and compute != stored:
+        log.warning("%s: out_dtype: mergekit multiplies the scaled tensors in %s and stores "
+                    "%s; evomerge multiplies them in %s, so those may differ in the last bit",
+                    origin, compute, stored, stored)
 
 
 def _route_to_mergekit(recipe: Recipe, source_dtype: str | None) -> dict[str, Any]:
-    """A route without scales as a passthrough layer stack: runs of consecutive layers of one
-    model become one slice."""
+    """A route without input scales as a passthrough layer stack: runs of consecutive layers
+    of one model with the same tensor scales become one slice, its `scale` the hops'."""
     route = recipe.route or []
     for k, hop in enumerate(route):
         if hop.scale != 1.0:
@@ -289,20 +424,42 @@ def _route_to_mergekit(recipe: Recipe, source_dtype: str | None) -> dict[str, An
     if (route[0].source, route[-1].source) != (embed, head):
         raise RecipeError("route: mergekit takes the embeddings from the first slice's model "
                           "and the head from the last's; this route's differ")
-    slices: list[dict[str, Any]] = []
+    runs: list[list[RouteHop]] = []
     for hop in route:
-        last = slices[-1]["sources"][0] if slices else None
-        if (last and last["model"] == recipe.sources[hop.source].model
-                and last["layer_range"][1] == hop.layer):
-            last["layer_range"][1] += 1
+        last = runs[-1][-1] if runs else None
+        if (last and recipe.sources[last.source].model == recipe.sources[hop.source].model
+                and (last.layer + 1, last.tensor_scale) == (hop.layer, hop.tensor_scale)):
+            runs[-1].append(hop)
         else:
-            slices.append({"sources": [{"model": recipe.sources[hop.source].model,
-                                        "layer_range": [hop.layer, hop.layer + 1]}]})
+            runs.append([hop])
+    slices: list[dict[str, Any]] = []
+    for i, run in enumerate(runs):
+        source: dict[str, Any] = {"model": recipe.sources[run[0].source].model,
+                                  "layer_range": [run[0].layer, run[-1].layer + 1]}
+        pinned = ((_FIRST_SLICE_TENSORS if i == 0 else ()) +
+                  (_LAST_SLICE_TENSORS if i == len(runs) - 1 else ()))
+        scale = _scale_to_mergekit(run[0].tensor_scale, pinned)
+        if scale is not None:
+            source["parameters"] = {"scale": scale}
+        slices.append({"sources": [source]})
     out: dict[str, Any] = {"merge_method": "passthrough", "slices": slices}
     dtype = recipe.dtype or source_dtype
     if dtype:
         out["dtype"] = dtype
     return _with_tokenizer(recipe, out)
+
+
+def _scale_to_mergekit(entries: list[TensorScale] | None, pinned: tuple[str, ...]) -> Any:
+    """A hop's `tensor_scale` as mergekit's `scale`. mergekit applies it to the `pinned`
+    tensors too (the embeddings, final norm, head), which the hop's never touches: those it
+    would scale get a `value: 1` condition first."""
+    conditions: list[dict[str, Any]] = [
+        {"filter": name, "value": 1.0} for name in pinned
+        if (e := matching_scale(entries, name)) is not None and e.value != 1.0]
+    conditions += [e.model_dump(exclude_none=True) for e in entries or []]
+    if len(conditions) == 1 and "filter" not in conditions[0]:
+        return conditions[0]["value"]
+    return conditions or None
 
 
 def _with_tokenizer(recipe: Recipe, out: dict[str, Any]) -> dict[str, Any]:

@@ -261,6 +261,30 @@ class Source(BaseModel):
         return params
 
 
+class TensorScale(BaseModel):
+    """One entry of a hop's `tensor_scale`: mergekit passthrough's `scale` condition."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # a substring of the tensor's name in its source (mergekit's filter); None: any tensor
+    filter: str | None = None
+    value: float = Field(allow_inf_nan=False)
+
+    @field_validator("filter")
+    @classmethod
+    def _any(cls, value: str | None) -> str | None:
+        return None if value in ("", "*") else value  # mergekit reads both as "any tensor"
+
+
+def matching_scale(entries: list[TensorScale] | None, name: str) -> TensorScale | None:
+    """The entry that applies to tensor `name` (mergekit's rule: the first whose filter is a
+    substring of the name); None: the tensor is copied as it is."""
+    for entry in entries or []:
+        if entry.filter is None or entry.filter in name:
+            return entry
+    return None
+
+
 class RouteHop(BaseModel):
     """One hop of a data-flow route: run `layer` of `source`, input scaled by `scale`."""
 
@@ -271,6 +295,21 @@ class RouteHop(BaseModel):
     # > 0: the runtime and the export fold it into the hop's output projections, and a zero
     # or negative input scale has no such form (RMSNorm(c·x) = RMSNorm(x) only for c > 0)
     scale: float = Field(1.0, gt=0, allow_inf_nan=False)
+    # mergekit passthrough's per-tensor `scale` (what scaled layer stacks import as): each of
+    # the hop's tensors is multiplied by the value of the entry `matching_scale` picks for its
+    # name in the source (e.g. model.layers.2.self_attn.o_proj.weight); the routed runtime
+    # multiplies the owning module's output instead, which is the same function
+    tensor_scale: list[TensorScale] | None = None
+
+    @field_validator("tensor_scale")
+    @classmethod
+    def _check_tensor_scale(cls, entries: list[TensorScale] | None
+                            ) -> list[TensorScale] | None:
+        for i, entry in enumerate((entries or [])[:-1]):
+            if entry.filter is None:
+                raise ValueError(f"entry {i + 1} never applies: entry {i} has no filter, so "
+                                 f"it applies to every tensor; remove entry {i + 1}")
+        return entries or None  # [] scales nothing: the same hop, the same digest
 
 
 class LayerSlice(BaseModel):

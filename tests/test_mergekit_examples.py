@@ -26,6 +26,7 @@ from evomerge.cli import app
 from .test_merge_cli import load_dir
 
 pytest.importorskip("mergekit")
+pytestmark = pytest.mark.mergekit
 
 EXAMPLES = Path(__file__).parent / "data" / "mergekit_examples"
 COMPARED = ["linear.yml", "ties.yml", "bio-merge.yml", "gradient-slerp.yml", "mega.yml",
@@ -211,8 +212,7 @@ def test_example_not_compared(name):
     """Listed so the test report shows each shipped example left out, and why."""
 
 
-def test_a_route_exports_to_a_passthrough_stack_mergekit_builds_the_same(sides, monkeypatch,
-                                                                         tmp_path):
+def test_a_route_exports_to_a_passthrough_stack_mergekit_builds_the_same(sides, monkeypatch):
     """Route → `export-recipe --format mergekit` → mergekit builds what `evomerge merge`
     builds from the route; and the stack reads back as the same route."""
     from evomerge.mergekit_yaml import recipe_from_mergekit, recipe_to_mergekit
@@ -221,8 +221,9 @@ def test_a_route_exports_to_a_passthrough_stack_mergekit_builds_the_same(sides, 
     hops = [(0, 0), (1, 0), (1, 1), (0, 1), (0, 1), (0, 2)]
     route = {"method": "passthrough", "sources": [{"model": "zoo/a"}, {"model": "zoo/b"}],
              "route": [{"source": s, "layer": i} for s, i in hops]}
-    recipe_file = tmp_path / "route.yml"
+    recipe_file = sides["evomerge"] / "route.yml"
     recipe_file.write_text(yaml.safe_dump(route))
+    monkeypatch.chdir(sides["evomerge"])  # zoo/a is the test zoo's, whatever the caller's cwd
     res = CliRunner().invoke(app, ["export-recipe", str(recipe_file), "--format", "mergekit"])
     assert res.exit_code == 0, res.output
     stack = yaml.safe_load(res.output)
@@ -237,22 +238,26 @@ def test_a_route_exports_to_a_passthrough_stack_mergekit_builds_the_same(sides, 
         == recipe.route
 
 
-def test_scaled_routes_and_unsupported_stacks_are_refused_by_name(tmp_path):
+def test_scaled_routes_and_unsupported_stacks_are_refused_by_name(sides, monkeypatch):
     from evomerge.mergekit_yaml import recipe_from_mergekit
     from evomerge.recipe import RecipeError
 
     scaled = {"method": "passthrough", "sources": [{"model": "zoo/a"}],
               "route": [{"source": 0, "layer": 0}, {"source": 0, "layer": 2, "scale": 0.5}]}
-    (tmp_path / "r.yml").write_text(yaml.safe_dump(scaled))
-    res = CliRunner().invoke(app, ["export-recipe", str(tmp_path / "r.yml"), "--format",
-                                   "mergekit"])
+    (sides["evomerge"] / "r.yml").write_text(yaml.safe_dump(scaled))
+    monkeypatch.chdir(sides["evomerge"])  # zoo/a is the test zoo's, whatever the caller's cwd
+    res = CliRunner().invoke(app, ["export-recipe", str(sides["evomerge"] / "r.yml"),
+                                   "--format", "mergekit"])
     assert res.exit_code != 0 and "route[1].scale" in res.output
     base = documents("orcamini-platy-44layer.yml")[0]
     for change, needle in [
         ({"slices": [{"sources": [{"model": "a", "layer_range": [0, 2]},
                                   {"model": "b", "layer_range": [0, 2]}]}]}, "exactly one"),
+        # mergekit would scale the embeddings, final norm and head too (tests in
+        # test_scaled_passthrough.py for scales a route takes)
         ({"slices": [{"sources": [{"model": "a", "layer_range": [0, 2],
-                                   "parameters": {"scale": 0.5}}]}]}, "parameters"),
+                                   "parameters": {"scale": 0.5}}]}]},
+         r"slices\[0\]\.sources\[0\]\.parameters\.scale: .*model\.embed_tokens\.weight"),
         ({"slices": [{"sources": [{"model": "a", "layer_range": [2, 1]}]}]}, "layer_range"),
         ({"models": [{"model": "a"}]}, "models"),
     ]:

@@ -1,14 +1,16 @@
 """A layer route → a stock model directory (DESIGN §4).
 
 Every hop becomes one ordinary decoder layer holding a copy of its source layer's tensors,
-with the hop's scale folded in (`RoutePlan.fold`), so the directory loads with plain
-`AutoModelForCausalLM` and computes what the routed runtime computed. The route itself is kept
-in config.json (`evomerge_route`) and in the model card. Tensors are copied one at a time, into
-a temporary directory renamed into place when complete.
+multiplied by its tensor scales as mergekit's passthrough does (in the stored dtype, which is
+mergekit's `dtype` for an imported stack) and with the hop's scale folded in (`RoutePlan.fold`),
+so the directory loads with plain `AutoModelForCausalLM` and computes what the routed runtime
+computed. The route itself is kept in config.json (`evomerge_route`) and in the model card.
+Tensors are copied one at a time, into a temporary directory renamed into place when complete.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -30,12 +32,18 @@ from evomerge.models.architecture import tensor_kind
 from evomerge.models.safetensors_io import ShardWriter
 from evomerge.recipe import Recipe
 
+log = logging.getLogger(__name__)
+
 
 def write_route(recipe: Recipe, out_dir: Path, options: MergeOptions) -> MergeSummary:
     start = time.perf_counter()
     _, models = open_models(recipe, options)
     try:
         plan = RoutePlan(recipe, models)
+        if plan.unused_filters:
+            log.warning("route: tensor_scale filter(s) %s match no tensor of their hops, so "
+                        "they scale nothing (mergekit ignores them too)",
+                        ", ".join(map(repr, plan.unused_filters)))
         from evomerge.merge.tokenizer import plan_tokenizer
 
         embed = plan.embed_source
@@ -43,18 +51,20 @@ def write_route(recipe: Recipe, out_dir: Path, options: MergeOptions) -> MergeSu
                                    [m for i, m in enumerate(models) if i != embed],
                                    options.allow_download)
         out_dtype = _TORCH_DTYPES[recipe.dtype] if recipe.dtype else None
-        # output name → (source, source tensor, layer-relative name or None, factor)
-        jobs: dict[str, tuple[int, str, str | None, float]] = {}
+        # output name → (source, source tensor, layer-relative name or None, fold factor,
+        # tensor scale)
+        jobs: dict[str, tuple[int, str, str | None, float, float]] = {}
         for name in plan.output_tensors():
             src, src_name = plan.outer_tensor(name)
             factor = plan.embed_factor if tensor_kind(name) == "embed" else 1.0
-            jobs[name] = (src, src_name, None, factor)
+            jobs[name] = (src, src_name, None, factor, 1.0)
         for k, hop in enumerate(plan.hops):
             for rest in plan.ref.layer_shapes:
                 src, src_name = plan.layer_tensor(k, rest)
-                jobs[plan.ref.name(k, rest)] = (src, src_name, rest, hop.factor)
+                jobs[plan.ref.name(k, rest)] = (src, src_name, rest, hop.factor,
+                                                plan.tensor_multiplier(k, rest))
         items = []
-        for name, (src, src_name, _, _) in jobs.items():
+        for name, (src, src_name, *_) in jobs.items():
             entry = models[src].entries[src_name]
             dt = out_dtype if out_dtype is not None else entry.dtype
             items.append((name, dt, tuple(entry.shape)))
@@ -77,15 +87,19 @@ def write_route(recipe: Recipe, out_dir: Path, options: MergeOptions) -> MergeSu
 
 def _copy_tensors(plan: RoutePlan, models: list, jobs: dict, shards: list, tmp: Path,
                   progress: bool) -> int:
-    """Each output tensor read from its source, its hop's factor folded in, cast, written."""
+    """Each output tensor read from its source, multiplied by its tensor scale (mergekit's
+    `tensor * scale`, in the dtype it is stored in), its hop's factor folded in, cast,
+    written."""
     written = 0
     bar = _progress(sum(len(s) for s in shards), progress)
     try:
         for fname, shard in zip(_shard_names(len(shards)), shards, strict=True):
             writer = ShardWriter(tmp / fname, shard)
             for name, dtype, _ in shard:
-                src, src_name, rest, factor = jobs[name]
+                src, src_name, rest, factor, multiplier = jobs[name]
                 tensor = models[src].read(src_name)
+                if multiplier != 1.0:
+                    tensor = tensor.to(dtype) * multiplier
                 if rest is not None and rest in plan.folds and factor != 1.0:
                     tensor = plan.fold(tensor.float(), rest, factor)
                 elif rest is None and factor != 1.0:

@@ -9,7 +9,8 @@ whose Parameters are replaced by the source layer's own; `config.num_hidden_laye
 `config.layer_types` follow the route, and the model object stays the same, so evaluators
 that wrap it once keep working. Scales run in the folded form of `evomerge.merge.routing`:
 forward hooks multiply each hop's residual branches by 1/C_k and the embeddings by s_0, the
-very factors the export folds into the weights.
+very factors the export folds into the weights, and a hop's tensor scales (mergekit's
+per-tensor `scale`) multiply the outputs of the modules whose weights the export scales.
 """
 
 from __future__ import annotations
@@ -61,6 +62,18 @@ def _scale_output(module: nn.Module, args: Any, output: Any) -> Any:
     if isinstance(output, tuple):  # attention modules return (output, weights)
         return (output[0] * factor, *output[1:])
     return output * factor
+
+
+def _set_output_factors(layer: nn.Module, factors: dict[str, float]) -> None:
+    """Multiply the outputs of the submodules named in `factors` (a hook registered on first
+    use); every other submodule hooked for an earlier candidate goes back to 1."""
+    for name, module in layer.named_modules():
+        factor = factors.get(name, 1.0)
+        if not hasattr(module, "_evomerge_factor"):
+            if factor == 1.0:
+                continue
+            module.register_forward_hook(_scale_output)
+        module._evomerge_factor = factor
 
 
 class RouteBuilder:
@@ -132,7 +145,7 @@ class RouteBuilder:
         embed.register_forward_hook(_scale_output)
         return model
 
-    def _hop(self, k: int, layer_type: str | None, folds: list[str]) -> nn.Module:
+    def _hop(self, k: int, layer_type: str | None) -> nn.Module:
         """The decoder layer of hop k for this attention type (built on first use)."""
         key = (k, layer_type)
         if key not in self._hops:
@@ -148,10 +161,6 @@ class RouteBuilder:
                     config.layer_types = saved
             _buffers_to(layer, self.device)
             layer.eval()
-            for rest in {f.rsplit(".", 1)[0] for f in folds}:
-                target = layer.get_submodule(rest)
-                target._evomerge_factor = 1.0
-                target.register_forward_hook(_scale_output)
             self._hops[key] = layer
         return self._hops[key]
 
@@ -181,11 +190,10 @@ class RouteBuilder:
         plan = self.plan(recipe)
         layers = []
         for k, hop in enumerate(plan.hops):
-            layer = self._hop(k, hop.layer_type, list(plan.folds))
+            layer = self._hop(k, hop.layer_type)
             for rest in plan.ref.layer_shapes:
                 self._assign(layer, rest, self._param(*plan.layer_tensor(k, rest)))
-            for rest in {f.rsplit(".", 1)[0] for f in plan.folds}:
-                layer.get_submodule(rest)._evomerge_factor = hop.factor
+            _set_output_factors(layer, plan.output_factors(k))
             layers.append(layer)
         for name in self.outer_names:
             self._assign(self.model, name, self._param(*plan.outer_tensor(name)))

@@ -15,6 +15,11 @@ cannot run in one stream), and works out what both consumers need:
   (Gemma2) into their post-attention and post-feed-forward norms. The runtime applies the
   same factors to the same modules' outputs, so the score the search sees is the score of the
   checkpoint that gets exported.
+* the tensor scales: a hop's `tensor_scale` (mergekit passthrough's per-tensor `scale`)
+  multiplies tensors of the hop's layer; the export multiplies them as mergekit does, the
+  runtime multiplies the output of the module owning them (a linear layer's or a norm's, all
+  of whose tensors take one value), which is the same function. A scale without that form
+  (a weight scaled apart from its bias, a Gemma (1 + weight) norm) is refused by hop and filter.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any
 from evomerge.merge.streaming import MergeError
 from evomerge.models.architecture import tensor_kind
 from evomerge.models.source import SourceModel
-from evomerge.recipe import Recipe
+from evomerge.recipe import Recipe, TensorScale, matching_scale
 
 _LAYER_NAME = re.compile(r"^(?P<prefix>.+\.layers)\.(?P<index>\d+)\.(?P<rest>.+)$")
 # config keys that change what a decoder layer computes without changing a tensor's shape
@@ -124,6 +129,8 @@ class RoutePlan:
         self.hops = self._plan_hops()
         self.embed_factor = recipe.route[0].scale
         self.folds = self._fold_targets()
+        self.unused_filters: list[str] = []  # tensor_scale filters matching no tensor anywhere
+        self.tensor_scales = self._plan_tensor_scales()
 
     # --- checks ---------------------------------------------------------------------------
     def _check_compatible(self, used: list[int]) -> None:
@@ -200,7 +207,7 @@ class RoutePlan:
         hop's factor folds into; refused when a scale is set and there is nowhere to fold."""
         names = self.ref.layer_shapes
         post = any(n.startswith("post_feedforward_layernorm.") for n in names)
-        model_type = str(self.ref.model.config.get("model_type", ""))
+        model_type = self._model_type
         one_plus = model_type.startswith(_ONE_PLUS_NORMS)
         rules = _POST_NORM_FOLD if post else _PRE_NORM_FOLD
         targets: dict[str, float | None] = {}
@@ -214,6 +221,66 @@ class RoutePlan:
             for n in found:
                 targets[n] = (1.0 if one_plus else 0.0) if offset is not None else None
         return targets
+
+    @property
+    def _model_type(self) -> str:
+        return str(self.ref.model.config.get("model_type", ""))
+
+    def _plan_tensor_scales(self) -> list[dict[str, float]]:
+        """Per hop, layer tensor (relative name) → its `tensor_scale` multiplier where not 1,
+        each module's checked to have the runtime's form."""
+        out: list[dict[str, float]] = []
+        written, used = set(), set()
+        for k, hop in enumerate(self.recipe.route or []):
+            if not hop.tensor_scale:
+                out.append({})
+                continue
+            lay = self.layouts[hop.source]
+            chosen = {rest: matching_scale(hop.tensor_scale, lay.name(hop.layer, rest))
+                      for rest in lay.layer_shapes}
+            modules: dict[str, dict[str, TensorScale | None]] = {}
+            for rest, entry in chosen.items():
+                modules.setdefault(rest.rpartition(".")[0], {})[rest] = entry
+            for module, entries in modules.items():
+                self._check_module_scale(k, module, entries)
+            written |= {e.filter for e in hop.tensor_scale}
+            used |= {e.filter for e in chosen.values() if e is not None}
+            out.append({rest: e.value for rest, e in chosen.items()
+                        if e is not None and e.value != 1.0})
+        self.unused_filters = sorted(str(f) for f in written - used if f is not None)
+        return out
+
+    def _check_module_scale(self, k: int, module: str,
+                            entries: dict[str, TensorScale | None]) -> None:
+        """The runtime scales a module's output: that is the scaled tensors' function only for
+        a module linear in its tensors (a linear layer, a norm that multiplies by its weight)
+        whose tensors all take one value."""
+        values = {rest: 1.0 if e is None else e.value for rest, e in entries.items()}
+        if set(values.values()) == {1.0}:
+            return
+        hop = self.hops[k]
+        where = f"route[{k}].tensor_scale (layer {hop.layer} of {self._where[hop.source]})"
+
+        def said(rest: str) -> str:
+            e = entries[rest]
+            how = ("no entry matches" if e is None else
+                   "the entry without filter" if e.filter is None else f"filter {e.filter!r}")
+            return f"{rest} by {values[rest]:g} ({how})"
+
+        scaled = sorted(r for r, v in values.items() if v != 1.0)
+        if len(set(values.values())) > 1:
+            other = next(r for r in sorted(values) if values[r] != values[scaled[0]])
+            raise MergeError(f"{where}: multiplies {said(scaled[0])} but {said(other)}; a "
+                             f"route scales {module or 'a layer'} as a whole (its output), so "
+                             "its tensors need one value")
+        leaves = {rest.rpartition(".")[2] for rest in values}
+        if not module or not leaves <= {"weight", "bias"}:
+            raise MergeError(f"{where}: multiplies {said(scaled[0])}; only the tensors of a "
+                             "linear layer or a norm (weight, bias) can be scaled in a route")
+        if "norm" in module.rpartition(".")[2] and self._model_type.startswith(_ONE_PLUS_NORMS):
+            raise MergeError(f"{where}: multiplies {said(scaled[0])}; {self._model_type} norms "
+                             "multiply by (1 + weight), so a scaled weight is not a scaled "
+                             "output, which a route cannot run")
 
     @property
     def scaled(self) -> bool:
@@ -259,6 +326,20 @@ class RoutePlan:
             names.append("lm_head.weight")
         return names
 
+    def tensor_multiplier(self, k: int, rest: str) -> float:
+        """What hop k's `tensor_scale` multiplies its layer tensor `rest` by."""
+        return self.tensor_scales[k].get(rest, 1.0)
+
+    def output_factors(self, k: int) -> dict[str, float]:
+        """Module (relative to its layer) → what the runtime multiplies its output by at hop
+        k: its tensor scale, times the hop's fold factor on the fold targets."""
+        factors = {rest.rpartition(".")[0]: v for rest, v in self.tensor_scales[k].items()}
+        factor = self.hops[k].factor
+        if factor != 1.0:
+            for module in {rest.rpartition(".")[0] for rest in self.folds}:
+                factors[module] = factors.get(module, 1.0) * factor
+        return factors
+
     def fold(self, tensor: Any, rest: str, factor: float) -> Any:
         """A float32 layer tensor with hop factor `factor` folded in (if it is a target)."""
         if factor == 1.0 or rest not in self.folds:
@@ -282,6 +363,10 @@ class RoutePlan:
 
     def route_provenance(self, refs: list[str]) -> dict[str, Any]:
         """The route as config.json records it (refs: the sources as written out)."""
+        hops: list[list[Any]] = []
+        for h, hop in zip(self.hops, self.recipe.route or [], strict=True):
+            hops.append([h.source, h.layer, h.scale])
+            if hop.tensor_scale:
+                hops[-1].append([e.model_dump(exclude_none=True) for e in hop.tensor_scale])
         return {"sources": refs, "embed_source": self.embed_source,
-                "head_source": self.head_source,
-                "hops": [[h.source, h.layer, h.scale] for h in self.hops]}
+                "head_source": self.head_source, "hops": hops}
