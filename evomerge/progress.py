@@ -35,6 +35,7 @@ class Progress:
         self.budget, self.objective = budget, objective
         self._done0, self._t0 = done, time.monotonic()
         self._done, self._best = done, None
+        self._emitted = done  # the count the last printed line showed
         self._last_print = self._t0
         if self.mode == "plain":  # a log shows at once that the search started
             self.stream.write(f"{done}/{budget} trials done; a progress line every "
@@ -59,8 +60,14 @@ class Progress:
         if self.mode != "quiet" and now - self._last_print >= self.every:
             self._emit(now)
 
+    def refresh(self, details: Callable[[], dict[str, Any]] | None = None) -> None:
+        """Redraw when due, counts unchanged: the view stays live while nothing finishes
+        (workers being replaced, or waiting for a node)."""
+        if hasattr(self, "_t0"):
+            self.update(self._done, self._best, details)
+
     def _emit(self, now: float) -> None:
-        self._last_print = now
+        self._last_print, self._emitted = now, self._done
         new, spent = self._done - self._done0, now - self._t0
         parts = [f"{self._done}/{self.budget} trials"]
         if new and spent > 0:
@@ -72,6 +79,9 @@ class Progress:
         info = self._details() if self._details is not None else {}
         if info.get("front"):
             parts.append(f"front {info['front']}")
+        waiting = [w for w in info.get("workers") or [] if w.startswith("waiting for workers")]
+        if waiting:  # nothing finishes meanwhile: say why, in a log too
+            parts.append(waiting[0])
         self.line = "  ".join(parts)
         if self.mode == "tty":
             self._live.update(self._panel(info), refresh=True)
@@ -104,7 +114,8 @@ class Progress:
         """The last state, then a newline on a terminal (the next output starts clean)."""
         if self.mode == "quiet" or not hasattr(self, "_t0"):
             return
-        if self._done != self._done0 or self.mode == "tty":
+        # the final count, unless the last line already showed it
+        if self._done != self._emitted or self.mode == "tty":
             self._emit(time.monotonic())
         if self.mode == "tty" and self._live is not None:
             self._live.stop()

@@ -18,6 +18,7 @@ import os
 import pickle
 import time
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,13 @@ from evomerge.archive import Objective, ParetoArchive
 from evomerge.atomic import write_bytes_atomic, write_text_atomic
 from evomerge.progress import Progress
 from evomerge.search.protocol import Candidate, Controller, Result
-from evomerge.search_config import HIGH_DIMENSION, ConfigError, SearchConfig, load_config
+from evomerge.search_config import (
+    CONTROLLER_KEYS,
+    HIGH_DIMENSION,
+    ConfigError,
+    SearchConfig,
+    load_config,
+)
 from evomerge.tasks.base import ControllerSetup, Task, build_task, task_objectives
 from evomerge.workers import make_executor
 from evomerge.workers.base import Executor, Job, Outcome
@@ -79,9 +86,11 @@ def genome_digest(genome: np.ndarray) -> str:
 
 # --- building the pieces from the config ---------------------------------------------------
 def build_controller(cfg: SearchConfig, objectives: list[tuple[str, str]],
-                     setup: ControllerSetup, origin: str = "<config>") -> Controller:
+                     setup: ControllerSetup, origin: str = "<config>",
+                     run_dir: Path | None = None) -> Controller:
     """The controller the config names, after the checks that keep a default from costing
-    hours or gigabytes (`check_dimension`)."""
+    hours or gigabytes (`check_dimension`). `run_dir`: where a controller keeps files of its
+    own (Optuna's journal; without it, in memory)."""
     c = cfg.controller
     x0 = np.asarray(setup.x0, dtype=np.float64)
     separable = check_dimension(cfg, len(x0), origin)
@@ -107,13 +116,19 @@ def build_controller(cfg: SearchConfig, objectives: list[tuple[str, str]],
         from evomerge.search.random_search import RandomSearch
 
         return RandomSearch(x0, setup.lower, setup.upper, sigma=c.sigma, seed=cfg.seed)
-    from evomerge.search.optuna_search import OptunaSearch
+    from evomerge.search.optuna_search import JOURNAL, OptunaSearch
 
     if setup.lower is not None and setup.upper is not None:
         lo, hi = setup.lower, setup.upper
     else:
         lo, hi = x0 - 3 * c.sigma, x0 + 3 * c.sigma
-    return OptunaSearch(lo, hi, objectives, c.sampler, cfg.seed, x0)
+    return OptunaSearch(lo, hi, objectives, c.sampler, cfg.seed, x0,
+                        journal=run_dir / JOURNAL if run_dir is not None else None)
+
+
+# what Optuna's journal (evomerge.search.optuna_search) adds per gene of every trial, measured
+# at 8-500 genes: 300-350 B
+OPTUNA_JOURNAL_BYTES_PER_GENE = 330
 
 
 def full_cmaes_bytes(n: int) -> int:
@@ -144,11 +159,12 @@ def check_dimension(cfg: SearchConfig, n: int, origin: str) -> bool:
             raise ConfigError(
                 f"{origin}: controller: Optuna's {c.sampler} sampler on {n} genes (more than "
                 f"{HIGH_DIMENSION}) keeps and models every trial's {n} values, so each trial "
-                f"costs more than the last and the checkpoint grows by ~{n * 50 / 2**20:.1f} "
-                "MiB per trial; use cmaes (separable at this size) or m2n2, or set "
+                f"costs more than the last and the study's journal grows by "
+                f"~{n * OPTUNA_JOURNAL_BYTES_PER_GENE / 2**20:.1f} MiB per trial; use cmaes "
+                "(separable at this size) or m2n2, or set "
                 "controller.allow_high_dimension: true to run it anyway")
-        log.warning("controller: Optuna on %d genes; the checkpoint grows by ~%.1f MiB per "
-                    "trial", n, n * 50 / 2**20)
+        log.warning("controller: Optuna on %d genes; the study's journal grows by ~%.1f MiB "
+                    "per trial", n, n * OPTUNA_JOURNAL_BYTES_PER_GENE / 2**20)
     return bool(separable)
 
 
@@ -164,8 +180,12 @@ def config_diff(old: SearchConfig, new: SearchConfig, limit: int = 3) -> str:
 
     a, b = flat(old.model_dump(mode="json")), flat(new.model_dump(mode="json"))
     skip = ("budget", "max_seconds", "executor.")
+    # a controller's defaults for keys its kind does not read are no difference worth naming
+    used = {f"controller.{k}" for kind in {old.controller.kind, new.controller.kind}
+            for k in CONTROLLER_KEYS[kind] | {"kind"}}
     keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
-            and not k.startswith(skip)]
+            and not k.startswith(skip) and (not k.startswith("controller.") or k in used)]
+    keys.sort(key=lambda k: not k.endswith(".kind"))  # a kind that changed explains the rest
     parts = [f"{k}: {a.get(k)!r} in the run, {b.get(k)!r} here" for k in keys[:limit]]
     more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
     return "; ".join(parts) + more
@@ -363,7 +383,7 @@ class SearchRun:
         task = self.task or build_task(self.cfg, self.origin)
         self.task = task
         setup = task.controller_setup(self.cfg.controller.kind, self.cfg.controller.archive_size)
-        controller = build_controller(self.cfg, task.objectives, setup, self.origin)
+        controller = build_controller(self.cfg, task.objectives, setup, self.origin, self.dir)
         state = RunState()
         ckpt = self._load_checkpoint()
         if ckpt is not None:
@@ -371,7 +391,10 @@ class SearchRun:
                 raise RunError(
                     f"{self.dir / 'config.yaml'}: changed since the run started (only budget "
                     "and max_seconds may change on resume); restore it or start a new run")
-            controller.load_state_dict(ckpt["controller"])
+            try:
+                controller.load_state_dict(ckpt["controller"])
+            except ValueError as exc:  # a state this installation cannot continue from
+                raise RunError(f"{self.ckpt_path}: {exc}") from None
             state = RunState(ckpt["trials"], ckpt["best"], ckpt["best_genome"], ckpt["timing"])
         self._session = (time.monotonic(), getattr(state.timing, "wall", 0.0))
         if hasattr(controller, "budget"):
@@ -385,35 +408,38 @@ class SearchRun:
         if executor is None and state.trials < self.cfg.budget:
             # its workers are built now: one that cannot start fails here, before any write
             executor = make_executor(self.cfg, task, self.origin)
-        if self._write_config:  # able to run: now the config (or new budget) is frozen
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self._lock()
-            write_text_atomic(self.dir / "config.yaml", self.cfg.to_yaml())
-            self._write_config = False
-        self.state = state
-        archive = task.archive()
-        cache: dict[str, dict[str, Any]] = {}
-        for line in logged:
-            if line["status"] == "ok" and "cache_key" in line and _full(line):
-                cache.setdefault(line["cache_key"], line)
-        for line in logged[: state.trials]:
-            if line["status"] == "ok" and _full(line):
-                archive.add(line["trial"], line["objectives"])
-        loop = _Loop(self, task, controller, executor, archive, cache, state, progress)
-        loop.replay = {line["id"]: line for line in logged[state.trials:]}
-        # the capacity the logged trials were asked under: replaying with another would ask
-        # in another order (a run continued with more workers replays as it ran, then widens)
-        loop.replay_capacity = (ckpt or {}).get("capacity", 1)
-        for line in logged:
-            loop.note_best(line)
-            loop.ok_seen = loop.ok_seen or line["status"] == "ok"
-        for line in logged[: state.trials]:
-            loop.note_rungs(line)
-        if ckpt is None and executor is not None:  # resume needs the capacity from trial 0
-            self._checkpoint(controller, state, [], loop.capacity)
-        if progress is not None:
-            progress.start(state.trials, self.cfg.budget, loop.primary)
-        try:
+        try:  # from here every exit (a failing first checkpoint too) closes it
+            if self._write_config:  # able to run: now the config (or new budget) is frozen
+                self.dir.mkdir(parents=True, exist_ok=True)
+                self._lock()
+                write_text_atomic(self.dir / "config.yaml", self.cfg.to_yaml())
+                self._write_config = False
+            self.state = state
+            archive = task.archive()
+            cache: dict[str, dict[str, Any]] = {}
+            for line in logged:
+                if line["status"] == "ok" and "cache_key" in line and _full(line):
+                    cache.setdefault(line["cache_key"], line)
+            for line in logged[: state.trials]:
+                if line["status"] == "ok" and _full(line):
+                    archive.add(line["trial"], line["objectives"])
+            loop = _Loop(self, task, controller, executor, archive, cache, state, progress)
+            loop.replay = {line["id"]: line for line in logged[state.trials:]}
+            # the capacity the logged trials were asked under: replaying with another would ask
+            # in another order (a run continued with more workers replays as it ran, then widens)
+            loop.replay_capacity = (ckpt or {}).get("capacity", 1)
+            for line in logged:
+                loop.note_best(line)
+                loop.note_status(line["status"], line.get("error"))
+            for line in logged[: state.trials]:
+                loop.note_rungs(line)
+            if ckpt is None and executor is not None:  # resume needs the capacity from trial 0
+                self._checkpoint(controller, state, [], loop.capacity)
+            if progress is not None:
+                # the logged trials are done (those past the checkpoint are replayed, not rerun)
+                progress.start(max(state.trials, len(logged)), self.cfg.budget, loop.primary)
+                if executor is not None:  # the view stays live while nothing finishes
+                    executor.on_idle = lambda: progress.refresh(loop.details)
             with open(self.trials_path, "a", buffering=1) as log_file:
                 loop.log = log_file
                 loop.run(stop_after, (ckpt or {}).get("outstanding", []))
@@ -519,6 +545,7 @@ class _Loop:
         self.rung_seconds: dict[int, float] = {}
         self.last_checkpoint = state.trials
         self.ok_seen = False  # any successful trial in the run (logged ones included)
+        self.errors: Counter[str] = Counter()  # failed trials' errors, for the all-failed rule
 
     def note_best(self, line: dict[str, Any]) -> None:
         if line.get("status") != "ok" or not _full(line):
@@ -738,13 +765,26 @@ class _Loop:
             if self.progress is not None:
                 self.progress.update(state.trials, self.best_primary, self.details)
         self._maybe_checkpoint()
-        if res.status == "ok":
+        self.note_status(res.status, res.error)
+        if not self.ok_seen and self.done_here and \
+                state.trials >= min(ALL_FAILED_STOP, self.cfg.budget):
+            raise RunError(self._all_failed_message())
+
+    def note_status(self, status: str, error: str | None) -> None:
+        """Count a trial's outcome toward the all-failed rule (logged trials too)."""
+        if status == "ok":
             self.ok_seen = True
-        elif not self.ok_seen and state.trials >= ALL_FAILED_STOP and self.done_here:
-            raise RunError(
-                f"the first {state.trials} trials all failed, so the evaluation itself is "
-                f"probably broken (trial {state.trials - 1}: {res.error}); fix it, then "
-                f"continue with `evomerge resume {self.run_.dir}`")
+        else:
+            self.errors[str(error or "unknown error")] += 1
+
+    def _all_failed_message(self) -> str:
+        trials, budget = self.state.trials, self.cfg.budget
+        error, count = self.errors.most_common(1)[0]
+        more = f"evomerge resume {self.run_.dir}" if trials < budget else \
+            f"evomerge resume {self.run_.dir} --budget {budget + trials} (or a new --run-dir)"
+        return (f"the first {trials} trials all failed, so the evaluation itself is probably "
+                f"broken; the commonest error ({count} of {trials}): {error}\n"
+                f"fix it, then continue with: {more}")
 
     def _maybe_checkpoint(self) -> None:
         state = self.state

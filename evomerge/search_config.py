@@ -302,6 +302,9 @@ class ExecutorSpec(BaseModel):
     gpus_per_worker: float | None = Field(None, ge=0)  # None: 1 for cuda candidates, else 0
     timeout_s: float | None = Field(None, gt=0)  # an evaluation running longer fails
     max_failures: int = Field(3, ge=1)  # a worker failing this often in a row is retired
+    # no Ray node able to take a worker this long (the nodes lost or full): the run stops,
+    # resumable, instead of waiting on Ray forever
+    placement_timeout_s: float = Field(300.0, gt=0)
 
 
 class FidelitySpec(BaseModel):

@@ -2,11 +2,61 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from evomerge.models.tiny import llama_config, write_family
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With EVOMERGE_REQUIRE_MERGEKIT set (CI's mergekit step), a mergekit that does not
+    import stops the session: a broken extra must not quietly turn the comparisons into
+    skips."""
+    if not os.environ.get("EVOMERGE_REQUIRE_MERGEKIT"):
+        return
+    try:
+        import mergekit.config  # noqa: F401
+        import mergekit.merge  # noqa: F401
+    except Exception as exc:  # any import failure, not only a missing package
+        raise pytest.UsageError(f"EVOMERGE_REQUIRE_MERGEKIT is set but mergekit does not "
+                                f"import: {type(exc).__name__}: {exc}") from exc
+
+
+@pytest.fixture(scope="session")
+def _ray_tmpdirs() -> Iterator[list[Path]]:
+    """Every test's Ray directory, removed again at the end: a Ray process still exiting
+    when its test ended may have written one back."""
+    dirs: list[Path] = []
+    yield dirs
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def hermetic(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
+             _ray_tmpdirs: list[Path]) -> Iterator[Path]:
+    """Each test on its own. It starts in an empty directory, with no Ray cluster named in
+    the environment, so nothing a user ran in the checkout (`evomerge build-zoo zoo`, a
+    cluster they joined) changes a result. Its Ray keeps its session files in a short
+    directory of the test's (Ray's socket paths are limited to ~107 characters), removed
+    after, and a Ray the test left running in this process is shut down, so it cannot hold
+    the next test's CPUs."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    tmp = Path(tempfile.mkdtemp(prefix="evr-", dir="/tmp"))
+    _ray_tmpdirs.append(tmp)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp))
+    yield tmp
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -212,3 +212,110 @@ def test_cmaes_step_size_rule_is_selectable_and_survives_a_checkpoint(step_size,
     clone.load_state_dict(pickle.loads(pickle.dumps(c.state_dict())))
     assert type(clone.es.adapt_sigma).__name__ == expected
     assert np.array_equal(c.ask()[0].genome, clone.ask()[0].genome)
+
+
+def _generations(c: CMAES, n: int) -> None:
+    for _ in range(n):
+        cands = c.ask()
+        c.tell([(x, Result(x.id, sphere(x.genome))) for x in cands])
+
+
+@pytest.mark.parametrize("restarts", ["none", "bipop"])
+def test_cmaes_checkpoint_round_trips_between_and_within_generations(restarts):
+    """pycma's own pickling is the checkpoint (its documented way to save a strategy): a
+    fresh controller loaded from the bytes asks what the original asks, between
+    generations and (again, from the generation's start) in the middle of one."""
+    settings = CMAESSettings(sigma0=0.3, popsize=6, restarts=restarts)
+
+    def make() -> CMAES:
+        return CMAES(np.zeros(5), -np.ones(5), np.ones(5), budget=500, settings=settings,
+                     seed=7)
+
+    c = make()
+    _generations(c, 4)
+    blob = pickle.dumps(c.state_dict())
+    clone = make()
+    clone.load_state_dict(pickle.loads(blob))
+    for _ in range(3):  # the same proposals, told the same, for generations on
+        a, b = c.ask(), clone.ask()
+        assert [x.id for x in a] == [x.id for x in b]
+        assert np.array_equal(np.array([x.genome for x in a]), np.array([x.genome for x in b]))
+        for m, cands in ((c, a), (clone, b)):
+            m.tell([(x, Result(x.id, sphere(x.genome))) for x in cands])
+    half = c.ask(limit=3)  # mid-generation: a checkpoint asks the whole generation again
+    c.tell([(x, Result(x.id, sphere(x.genome))) for x in half[:2]])
+    mid = make()
+    mid.load_state_dict(pickle.loads(pickle.dumps(c.state_dict())))
+    again = mid.ask()
+    assert [x.id for x in again[:3]] == [x.id for x in half]
+    assert np.array_equal(np.array([x.genome for x in again]), np.array(c._solutions))
+
+
+def test_cmaes_state_from_another_cma_warns_or_names_the_version_to_install(caplog):
+    import cma
+
+    from evomerge.search.cmaes import CMAVersionError
+
+    c = CMAES(np.zeros(4), None, None, budget=100, seed=1)
+    _generations(c, 2)
+    state = c.state_dict()
+    assert state["cma_version"] == cma.__version__
+    other = {**state, "cma_version": "3.2.2"}
+    clone = CMAES(np.zeros(4), None, None, budget=100, seed=1)
+    with caplog.at_level("WARNING", logger="evomerge.search.cmaes"):
+        clone.load_state_dict(other)  # it loads: a warning, and the same proposals
+    assert f"saved with cma 3.2.2 and is resumed with cma {cma.__version__}" in caplog.text
+    assert np.array_equal(c.ask()[0].genome, clone.ask()[0].genome)
+
+    # a pickle of a pycma class the installed version no longer has
+    class Gone:
+        pass
+
+    Gone.__module__, Gone.__qualname__ = "cma.evolution_strategy", "RemovedInThisVersion"
+    cma.evolution_strategy.RemovedInThisVersion = Gone
+    try:
+        blob = pickle.dumps({"es": Gone()})
+    finally:
+        del cma.evolution_strategy.RemovedInThisVersion
+    with pytest.raises(CMAVersionError) as exc:
+        clone.load_state_dict({"blob": blob, "cma_version": "3.2.2"})
+    message = str(exc.value)
+    assert isinstance(exc.value, ValueError)
+    assert f"saved with cma 3.2.2 and does not load with the installed cma {cma.__version__}" \
+        in message
+    assert "pip install 'cma==3.2.2'" in message and "start a new run" in message
+
+
+def test_controller_states_pickle_no_third_party_objects():
+    """Checkpoints hold numpy arrays and plain Python, never a library's objects, except
+    pycma's strategy inside CMA-ES's blob (versioned: see above)."""
+    import io
+
+    class Recorder(pickle.Unpickler):
+        def __init__(self, blob: bytes):
+            super().__init__(io.BytesIO(blob))
+            self.modules: set[str] = set()
+
+        def find_class(self, module: str, name: str):
+            self.modules.add(module.split(".")[0])
+            return super().find_class(module, name)
+
+    def modules(state: dict) -> set[str]:
+        r = Recorder(pickle.dumps(state))
+        r.load()
+        return r.modules
+
+    lo, hi = np.zeros(3), np.ones(3)
+    controllers = [RandomSearch(np.full(3, 0.5), lo, hi, seed=1),
+                   M2N2([np.zeros(3), np.ones(3)], M2N2Settings(archive_size=3)),
+                   OptunaSearch(lo, hi, [("f", "maximize")], "tpe", seed=1),
+                   CMAES(np.zeros(3), lo, hi, budget=100, seed=1)]
+    for c in controllers:
+        for _ in range(8):
+            cands = c.ask()
+            c.tell([(x, Result(x.id, sphere(x.genome), {"f": sphere(x.genome)},
+                                scores=np.ones(4))) for x in cands])
+        assert modules(c.state_dict()) <= {"numpy"}, type(c).__name__
+    blob = Recorder(controllers[-1].state_dict()["blob"])
+    blob.load()
+    assert blob.modules <= {"cma", "numpy", "evomerge"}

@@ -64,6 +64,7 @@ def test_scores_round_trip_compactly():
     ({"kind": "m2n2", "sample_reward": "best"}, {"kind": "digits", "scores": "p_correct"}),
     ({"kind": "cmaes", "separable": True, "sigma0": 0.01, "popsize": 12}, None),
 ])
+@pytest.mark.smoke
 def test_interrupted_serial_run_replays_the_same_trial_sequence(tmp_path, controller, task):
     cfg = config(tmp_path, task=task, **controller)
     whole = SearchRun.create(cfg, tmp_path / "whole")
@@ -196,3 +197,31 @@ def test_resume_refuses_a_logged_trial_of_another_genome(tmp_path):
     log.write_text("".join(json.dumps(x) + "\n" for x in lines))
     with pytest.raises(RunError, match="trial 55 .* was logged for another genome"):
         SearchRun.open(tmp_path / "r").run()
+
+
+def test_a_config_diff_names_what_the_two_controllers_read(tmp_path):
+    """Another controller's defaults are no difference: the kind comes first."""
+    from evomerge.run import config_diff
+    from evomerge.search_config import load_config
+
+    optuna = load_config(config(tmp_path, "a.yaml", kind="optuna"))
+    cmaes = load_config(config(tmp_path, "b.yaml", kind="cmaes"))
+    diff = config_diff(optuna, cmaes)
+    assert diff.startswith("controller.kind: 'optuna' in the run, 'cmaes' here")
+    assert "archive_size" not in diff and "alpha" not in diff
+    tpe = load_config(config(tmp_path, "c.yaml", kind="optuna", sampler="nsga2"))
+    assert config_diff(optuna, tpe) == "controller.sampler: 'tpe' in the run, 'nsga2' here"
+
+
+def test_resume_counts_the_logged_trials_as_done(tmp_path):
+    """The progress line starts from what the log holds, as the interrupted run said it
+    saved, not from the last checkpoint."""
+    import io
+
+    from evomerge.progress import Progress
+
+    SearchRun.create(config(tmp_path), tmp_path / "r").run(stop_after=75)  # checkpoint at 50
+    assert len(trials(tmp_path / "r")) == 75
+    stream = io.StringIO()
+    SearchRun.open(tmp_path / "r").run(stop_after=1, progress=Progress("plain", stream))
+    assert stream.getvalue().startswith("75/400 trials done")

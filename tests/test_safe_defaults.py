@@ -90,7 +90,7 @@ def test_optuna_at_high_dimension_is_refused_before_anything_is_written(tmp_path
     cfg = digits(tmp_path, {"kind": "optuna", "allow_high_dimension": True}, name="allow.yaml")
     with caplog.at_level("WARNING"):
         check_dimension(load_config(cfg), DIGITS_GENES, str(cfg))
-    assert "Optuna on 19210 genes; the checkpoint grows by ~0.9 MiB per trial" in caplog.text
+    assert "Optuna on 19210 genes; the study's journal grows by ~6.0 MiB per trial" in caplog.text
 
 
 def test_full_covariance_cmaes_is_refused_when_it_cannot_fit(tmp_path, monkeypatch):
@@ -312,21 +312,26 @@ def test_two_processes_cannot_run_one_search_and_report_never_repairs(tmp_path):
     assert [json.loads(x)["trial"] for x in lines] == list(range(30))
 
 
-def test_a_search_whose_trials_all_fail_stops_early_and_says_why(tmp_path, zoo):
+@pytest.mark.parametrize("budget", [40, 4])
+def test_a_search_whose_trials_all_fail_stops_early_and_says_why(tmp_path, zoo, budget):
+    """Whatever the budget: the first min(10, budget) trials all failing is an error, with
+    the commonest cause and a non-zero exit."""
     (tmp_path / "broken_eval.py").write_text(
         "def score(model, tokenizer, split):\n    raise KeyError('labels')\n")
     data = yaml.safe_load(merge_search(tmp_path / "s.yaml", [str(zoo["a"]), str(zoo["b"])],
                                        {"kind": "seed_mixture"}).read_text())
-    data["budget"] = 40
+    data["budget"] = budget
     data["task"]["evaluators"][0].update(function="broken_eval:score",
                                          python_path=[str(tmp_path)])
     cfg = write_yaml(tmp_path / "s.yaml", data)
     res = cli("search", cfg, "--run-dir", tmp_path / "r")
+    n = min(10, budget)
     assert res.exit_code == 2
-    assert "the first 10 trials all failed" in res.output and "KeyError: 'labels'" in res.output
+    assert f"the first {n} trials all failed" in res.output
+    assert f"commonest error ({n} of {n}): KeyError: 'labels'" in res.output
     assert f"evomerge resume {tmp_path / 'r'}" in res.output
     res = cli("report", tmp_path / "r")
-    assert "10 x (first: trial 0) KeyError: 'labels'" in res.output
+    assert f"{n} x (first: trial 0) KeyError: 'labels'" in res.output
 
 
 def test_mixing_up_recipes_and_search_configs_is_named(tmp_path, zoo):

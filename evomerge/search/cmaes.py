@@ -5,10 +5,19 @@ through pycma's boundary handler; `separable` (diagonal covariance) for high dim
 IPOP or BIPOP restarts; the step-size rule (pycma's CSA or TPA) selectable. pycma minimises,
 so fitness is negated. pycma samples from numpy's global RNG, so that state travels with the
 checkpoint; the budget is exact: the last generation is asked only partly and never told.
+
+The checkpoint pickles the `cma.CMAEvolutionStrategy`. That is pycma's own way to save and
+resume a strategy (`CMAEvolutionStrategy.pickle_dumps` and the resume example in its class
+docstring), its objects hold numpy arrays and plain Python (no locks, files or threads; we
+never give it an objective function), and the round trip is exact (tested). What pickle
+cannot promise is a round trip between pycma versions, whose internals may differ: the state
+records `cma.__version__`, and loading it under another version logs a warning when it
+loads and, when it does not, names the version to reinstall (`CMAVersionError`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import pickle
 from contextlib import contextmanager
@@ -18,6 +27,12 @@ from typing import Any, Literal
 import numpy as np
 
 from evomerge.search.protocol import Candidate, Controller, Result
+
+log = logging.getLogger(__name__)
+
+
+class CMAVersionError(ValueError):
+    """A checkpointed strategy that the installed pycma cannot unpickle."""
 
 
 def _global_randn(*shape: int) -> np.ndarray:
@@ -165,9 +180,37 @@ class CMAES(Controller):
         # pycma's state does not survive a round trip between ask and tell (its tell then
         # updates differently), so a half-told generation checkpoints as the snapshot taken
         # when it was asked: loading it asks the same generation again, with the same ids.
-        if self._solutions:
-            return {"blob": self._boundary}
-        return {"blob": pickle.dumps({**self.__dict__, "_boundary": None})}
+        import cma
+
+        blob = self._boundary if self._solutions else \
+            pickle.dumps({**self.__dict__, "_boundary": None})
+        return {"blob": blob, "cma_version": cma.__version__}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(pickle.loads(state["blob"]))
+        """Loads a strategy pickled by another pycma only with a warning, since its internals
+        may differ; one that does not load names the version that can load it."""
+        import cma
+
+        saved, installed = state.get("cma_version"), cma.__version__
+        try:
+            inner = pickle.loads(state["blob"])
+        except Exception as exc:
+            raise CMAVersionError(_unloadable(saved, installed, exc)) from exc
+        if saved != installed:
+            log.warning("the CMA-ES state was saved with cma %s and is resumed with cma %s; "
+                        "it loaded, but a resumed run may not repeat what that version would "
+                        "have proposed", saved or "(not recorded)", installed)
+        self.__dict__.update(inner)
+
+
+def _unloadable(saved: str | None, installed: str, exc: Exception) -> str:
+    why = f"{type(exc).__name__}: {exc}"
+    if saved is None:
+        return (f"the CMA-ES state does not load with the installed cma {installed} ({why}); "
+                "it was saved by an older evomerge that did not record its cma version: "
+                "reinstall the cma it ran with to resume, or start a new run")
+    if saved == installed:
+        return f"the CMA-ES state does not load ({why}); start a new run"
+    return (f"the CMA-ES state was saved with cma {saved} and does not load with the "
+            f"installed cma {installed} ({why}); reinstall that version "
+            f"(pip install 'cma=={saved}') to resume this run, or start a new run")

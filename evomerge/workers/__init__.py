@@ -31,7 +31,8 @@ def ray_settings(cfg: Any) -> Any:
         gpus = 1.0 if device.startswith("cuda") else 0.0
     return RaySettings(workers=e.workers, address=e.address, cpus_per_worker=e.cpus_per_worker,
                        gpus_per_worker=gpus, timeout_s=e.timeout_s,
-                       max_failures=e.max_failures)
+                       max_failures=e.max_failures,
+                       placement_timeout_s=e.placement_timeout_s)
 
 
 __all__ = ["Executor", "Job", "Outcome", "WorkerError", "make_executor", "ray_settings"]

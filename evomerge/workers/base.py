@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +67,9 @@ class Executor(ABC):
     executor full, so a worker gets its next candidate the moment it returns one."""
 
     capacity: int = 1
+    # called now and then while `wait` waits on workers (about once a second on Ray), so a
+    # live view keeps redrawing when nothing finishes (a node lost, workers being replaced)
+    on_idle: Callable[[], None] | None = None
 
     @abstractmethod
     def submit(self, job: Job) -> None:
