@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import shutil
 import sys
 import tempfile
@@ -99,3 +101,22 @@ def write_yaml(path: Path, data: dict) -> Path:
 
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+class _Recorder(pickle.Unpickler):
+    """Unpickles, noting every module a class or function is taken from."""
+
+    def __init__(self, blob: bytes):
+        super().__init__(io.BytesIO(blob))
+        self.modules: set[str] = set()
+
+    def find_class(self, module: str, name: str):
+        self.modules.add(module.split(".")[0])
+        return super().find_class(module, name)
+
+
+def pickled_modules(blob: bytes) -> set[str]:
+    """The top-level modules a pickle takes classes or functions from."""
+    r = _Recorder(blob)
+    r.load()
+    return r.modules

@@ -16,6 +16,8 @@ from evomerge.search.optuna_search import OptunaSearch
 from evomerge.search.protocol import Result
 from evomerge.search.random_search import RandomSearch
 
+from .conftest import pickled_modules
+
 
 def sphere(x: np.ndarray) -> float:
     return -float(np.sum((np.asarray(x) - 0.3) ** 2))
@@ -289,21 +291,8 @@ def test_cmaes_state_from_another_cma_warns_or_names_the_version_to_install(capl
 def test_controller_states_pickle_no_third_party_objects():
     """Checkpoints hold numpy arrays and plain Python, never a library's objects, except
     pycma's strategy inside CMA-ES's blob (versioned: see above)."""
-    import io
-
-    class Recorder(pickle.Unpickler):
-        def __init__(self, blob: bytes):
-            super().__init__(io.BytesIO(blob))
-            self.modules: set[str] = set()
-
-        def find_class(self, module: str, name: str):
-            self.modules.add(module.split(".")[0])
-            return super().find_class(module, name)
-
     def modules(state: dict) -> set[str]:
-        r = Recorder(pickle.dumps(state))
-        r.load()
-        return r.modules
+        return pickled_modules(pickle.dumps(state))
 
     lo, hi = np.zeros(3), np.ones(3)
     controllers = [RandomSearch(np.full(3, 0.5), lo, hi, seed=1),
@@ -316,6 +305,4 @@ def test_controller_states_pickle_no_third_party_objects():
             c.tell([(x, Result(x.id, sphere(x.genome), {"f": sphere(x.genome)},
                                 scores=np.ones(4))) for x in cands])
         assert modules(c.state_dict()) <= {"numpy"}, type(c).__name__
-    blob = Recorder(controllers[-1].state_dict()["blob"])
-    blob.load()
-    assert blob.modules <= {"cma", "numpy", "evomerge"}
+    assert pickled_modules(controllers[-1].state_dict()["blob"]) <= {"cma", "numpy", "evomerge"}

@@ -108,6 +108,7 @@ def tasks(lm, tmp_path_factory):
     return root, files
 
 
+@pytest.mark.smoke
 def test_lm_eval_multiple_choice_and_generation_match_independent_scoring(lm, tasks):
     model, tok = lm
     root, files = tasks
@@ -133,6 +134,7 @@ def test_lm_eval_multiple_choice_and_generation_match_independent_scoring(lm, ta
         assert out.metrics["gen_search/exact_match"] == pytest.approx(em.mean())
 
 
+@pytest.mark.smoke
 def test_lm_eval_split_by_fraction_and_options_pass_through(lm, tasks):
     model, tok = lm
     root, _ = tasks

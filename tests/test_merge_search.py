@@ -54,6 +54,7 @@ def log_lines(run_dir: Path) -> list[dict]:
 @pytest.mark.parametrize("controller", [
     {"kind": "cmaes"}, {"kind": "random"}, {"kind": "optuna", "sampler": "tpe"},
     {"kind": "optuna", "sampler": "nsga2"}], ids=lambda c: c.get("sampler", c["kind"]))
+@pytest.mark.smoke
 def test_each_controller_searches_a_merge_task(zoo, tasks_dir, tmp_path, controller):
     cfg = write_config(tmp_path / "c.yaml", merge_config(zoo, tasks_dir, controller, budget=6))
     state = SearchRun.create(cfg, tmp_path / "run").run()
@@ -66,6 +67,7 @@ def test_each_controller_searches_a_merge_task(zoo, tasks_dir, tmp_path, control
     assert data["front"] and all(set(f["heldout"]) == {"next", "echo"} for f in data["front"])
 
 
+@pytest.mark.smoke
 def test_m2n2_seed_mixtures_compete_on_per_sample_scores(zoo, tasks_dir, tmp_path):
     data = merge_config(zoo, tasks_dir, {"kind": "m2n2", "archive_size": 4},
                         space={"kind": "seed_mixture", "groups": 2}, budget=8,
@@ -193,6 +195,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.smoke
 @pytest.mark.slow
 def test_demo_config_search_kill_resume_report_export(tmp_path):
     """configs/tiny_merge_ps.yaml through the CLI as a user runs it: build the zoo, search,

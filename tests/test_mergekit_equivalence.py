@@ -17,6 +17,7 @@ from .conftest import write_yaml
 from .test_merge_cli import load_dir
 
 pytest.importorskip("mergekit")
+pytestmark = pytest.mark.mergekit
 
 
 def mergekit_merge(config_path, out) -> None:

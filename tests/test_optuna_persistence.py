@@ -22,7 +22,7 @@ from evomerge.run import RunError, SearchRun
 from evomerge.search.optuna_search import JOURNAL, OptunaSearch
 from evomerge.search.protocol import Candidate, Result
 
-from .conftest import write_yaml
+from .conftest import pickled_modules, write_yaml
 
 pytestmark = pytest.mark.optuna  # CI runs these on the lowest optuna allowed too
 
@@ -42,24 +42,6 @@ def trials(run_dir: Path) -> list[tuple]:
     return [(x["trial"], x["id"], x["genome"], x["objectives"], x["status"]) for x in lines]
 
 
-class _Recorder(pickle.Unpickler):
-    """Unpickles, noting every module a class or function is taken from."""
-
-    def __init__(self, blob: bytes):
-        import io
-
-        super().__init__(io.BytesIO(blob))
-        self.modules: set[str] = set()
-
-    def find_class(self, module: str, name: str):
-        self.modules.add(module.split(".")[0])
-        return super().find_class(module, name)
-
-
-def pickled_modules(blob: bytes) -> set[str]:
-    r = _Recorder(blob)
-    r.load()
-    return r.modules
 
 
 def assert_no_optuna_in_checkpoint(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

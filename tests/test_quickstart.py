@@ -69,6 +69,7 @@ def quick_run(skill_zoo, tmp_path_factory, ) -> Path:
     return folder / "run"
 
 
+@pytest.mark.smoke
 def test_a_finished_run_has_plots_and_its_best_trial_exported(quick_run):
     plots = sorted(p.name for p in (quick_run / "plots").iterdir())
     assert plots == ["best.png", "front.png", "hypervolume.png"]
