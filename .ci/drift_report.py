@@ -31,15 +31,24 @@ def installed() -> dict[str, str]:
             if d.metadata["Name"]}
 
 
+# the installer itself, and this project: never pinned
+UNPINNED = {"evomerge", "pip", "setuptools", "wheel"}
+
+
+def _public(version: str) -> str:
+    """A version without its local label (torch's `2.13.0+cpu` is the tested `2.13.0`)."""
+    return version.split("+", 1)[0]
+
+
 def differences(constraints: Path) -> list[str]:
     tested, here = pinned(constraints), installed()
     rows = []
     for name in sorted(here):
-        if name == "evomerge":
+        if name in UNPINNED:
             continue
         if name not in tested:
             rows.append(f"{name} {here[name]} (not in {constraints.name})")
-        elif tested[name] != here[name]:
+        elif _public(tested[name]) != _public(here[name]):
             rows.append(f"{name} {here[name]} (tested: {tested[name]})")
     return rows
 

@@ -57,3 +57,17 @@ def test_help_shows_flags_as_flags_and_arguments_by_name(command):
     assert "<bool>" not in text  # a flag takes no value
     usage = next(line for line in text.splitlines() if "Usage:" in line)
     assert "{" not in usage and re.search(r"\b[A-Z_]{3,}\b", usage.replace("OPTIONS", ""))
+
+
+def test_the_drift_report_names_each_package_that_moved(tmp_path):
+    """What CI prints when the smoke tests fail on the newest versions."""
+    from importlib.metadata import version
+
+    pins = tmp_path / "constraints.txt"
+    pins.write_text(f"# header\nnumpy==0.0.1\npyyaml=={version('pyyaml')}\n"
+                    f"torch=={version('torch').split('+')[0]}\n")
+    out = subprocess.run([sys.executable, str(ROOT / ".ci" / "drift_report.py"), str(pins)],
+                         capture_output=True, text=True, timeout=60).stdout
+    assert f"numpy {version('numpy')} (tested: 0.0.1)" in out
+    assert "pyyaml" not in out and "torch" not in out and "pip " not in out
+    assert f"ray {version('ray')} (not in constraints.txt)" in out
