@@ -180,9 +180,9 @@ def config_diff(old: SearchConfig, new: SearchConfig, limit: int = 3) -> str:
 
     a, b = flat(old.model_dump(mode="json")), flat(new.model_dump(mode="json"))
     skip = ("budget", "max_seconds", "executor.")
-    # a controller's defaults for keys its kind does not read are no difference worth naming
-    used = {f"controller.{k}" for kind in {old.controller.kind, new.controller.kind}
-            for k in CONTROLLER_KEYS[kind] | {"kind"}}
+    # a key only one of the two controllers reads is explained by the kinds differing
+    shared = CONTROLLER_KEYS[old.controller.kind] & CONTROLLER_KEYS[new.controller.kind]
+    used = {f"controller.{k}" for k in shared | {"kind"}}
     keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
             and not k.startswith(skip) and (not k.startswith("controller.") or k in used)]
     keys.sort(key=lambda k: not k.endswith(".kind"))  # a kind that changed explains the rest

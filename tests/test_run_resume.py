@@ -209,6 +209,8 @@ def test_a_config_diff_names_what_the_two_controllers_read(tmp_path):
     diff = config_diff(optuna, cmaes)
     assert diff.startswith("controller.kind: 'optuna' in the run, 'cmaes' here")
     assert "archive_size" not in diff and "alpha" not in diff
+    m2n2 = load_config(config(tmp_path, "d.yaml"))  # archive_size 6: m2n2's, not optuna's
+    assert "archive_size" not in config_diff(optuna, m2n2)
     tpe = load_config(config(tmp_path, "c.yaml", kind="optuna", sampler="nsga2"))
     assert config_diff(optuna, tpe) == "controller.sampler: 'tpe' in the run, 'nsga2' here"
 
