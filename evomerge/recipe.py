@@ -365,7 +365,7 @@ class Recipe(BaseModel):
     tokenizer_source: str | None = None
     # "auto", a mergekit built-in template name (chatml, alpaca, ...) or a Jinja template
     chat_template: str | None = None
-    # method passthrough: the decoder layers run in this order (DESIGN §4); the embeddings
+    # method passthrough: the decoder layers run in this order (docs/design.md §4); the embeddings
     # come from sources[embed_source] (default 0), the final norm and the head from
     # sources[head_source] (default: the embeddings' source)
     route: list[RouteHop] | None = Field(None, min_length=1)

@@ -1,4 +1,4 @@
-"""The search loop and its run directory (DESIGN §7).
+"""The search loop and its run directory (docs/design.md §7).
 
 A run directory holds the frozen config (`config.yaml`), an append-only trial log
 (`trials.jsonl`, one line per finished evaluation) and the controller checkpoint
@@ -106,7 +106,7 @@ def build_controller(cfg: SearchConfig, objectives: list[tuple[str, str]],
         from evomerge.search.cmaes import CMAES, CMAESSettings
 
         # separable because of the dimension: CSA, since pycma's own choice there (TPA)
-        # collapses the step size on accuracy plateaus (DESIGN §5)
+        # collapses the step size on accuracy plateaus (docs/design.md §5)
         step = "csa" if c.separable == "auto" and separable and c.step_size == "auto" \
             else c.step_size
         settings = CMAESSettings(sigma0=c.sigma0 or 1 / 6, popsize=c.popsize,

@@ -101,7 +101,7 @@ class SeedMixtureSpaceSpec(BaseModel):
 
 
 class DFSSpaceSpec(BaseModel):
-    """Data-flow space (evomerge.space.dataflow, DESIGN §4): which layers of the sources run
+    """Data-flow space (evomerge.space.dataflow, docs/design.md §4): which layers of the sources run
     in which order, each hop's input scaled. sources[0] is model A (tokenizer, embeddings,
     final norm, head; every route starts and ends with its first and last layer). For PS+DFS,
     make source A the best model of a parameter-space search (`evomerge export RUN --best`)."""
@@ -164,7 +164,7 @@ class CandidateSpec(BaseModel):
 
 
 class MergeTaskSpec(BaseModel):
-    """Search merge recipes of real models (DESIGN §1): sources → space → live candidate →
+    """Search merge recipes of real models (docs/design.md §1): sources → space → live candidate →
     evaluators → objectives."""
 
     model_config = ConfigDict(extra="forbid")

@@ -1,4 +1,4 @@
-"""Reproduce the M2N2 digits experiments (DESIGN §8) through `evomerge search`.
+"""Reproduce the M2N2 digits experiments (docs/design.md §8) through `evomerge search`.
 
 Runs each config over several seeds (two processes at a time, one BLAS thread each), reads
 test accuracy of the best-train member at 10k/20k/50k evaluations from the trial logs, runs
@@ -261,7 +261,7 @@ def main() -> None:
               "scores the probability the network gives its true class, and with c_j = 1 "
               "(`sample_reward: one`) and alpha 1 it shares out one unit of reward among the "
               "members in proportion to that probability, so a sample nobody gets right "
-              "still pays whoever comes closest. DESIGN §5 (after the paper) sets c_j = "
+              "still pays whoever comes closest. docs/design.md §5 (after the paper) sets c_j = "
               "max_k S[k,j] for continuous scores; that row (`..._pcorrect_best.yaml`) is "
               "the one-setting ablation. The best member is still picked by search-split "
               "accuracy. Found on tuning seeds 100-104 by search-split accuracy alone (98.4% "

@@ -377,7 +377,7 @@ def render(command: str, info: list[str], meta: dict, equal: list[dict],
                 lines += ["", f"TIES, float32: of the {differ:,} entries that differ, {tied:,} "
                           "sit where an expert's task-vector magnitude ties its top-k threshold "
                           "(k = int(0.5·n)). There mergekit keeps whichever tied entries its "
-                          "argsort puts first, evomerge the lowest indices (DESIGN §3; "
+                          "argsort puts first, evomerge the lowest indices (docs/design.md §3; "
                           "evomerge.merge.methods); fine-tuning from de-quantised weights makes "
                           "such ties common, where random synthetic weights have none."]
         extra = {(r["method"], r["dtype"]): (r["only_evomerge"], r["only_mergekit"])

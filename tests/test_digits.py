@@ -1,4 +1,5 @@
-"""The digits task (DESIGN §8): data split, the vectorised evaluator, pre-trained experts."""
+"""The digits task (docs/design.md §8): data split, the vectorised evaluator, pre-trained
+experts."""
 
 from __future__ import annotations
 

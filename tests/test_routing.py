@@ -1,5 +1,5 @@
-"""Layer routes (DESIGN §4) on Llama, Mistral, Qwen2 and Gemma2: the routed runtime shares the
-sources' weights and computes the route (logits against a layer-by-layer reference, generation
+"""Layer routes (docs/design.md §4) on Llama, Mistral, Qwen2 and Gemma2: the routed runtime shares
+the sources' weights and computes the route (logits against a layer-by-layer reference, generation
 with the KV cache against generation without), and the exported stock checkpoint reproduces
 the runtime."""
 

@@ -1,4 +1,4 @@
-"""Run directory, trial log, checkpoints and resume (DESIGN §7)."""
+"""Run directory, trial log, checkpoints and resume (docs/design.md §7)."""
 
 from __future__ import annotations
 

@@ -69,7 +69,7 @@ def test_checkpoints_stay_small_at_high_dimension(tmp_path, controller, bound):
     assert state["checkpoint_bytes"] == size and state["trials"] == ckpt["trials"]
     # CMA-ES checkpoints between generations only (popsize 33 here: the last one at 33)
     assert ckpt["trials"] == (33 if controller["kind"] == "cmaes" else 40)
-    if controller["kind"] == "cmaes":  # went separable by itself, with CSA (DESIGN §5)
+    if controller["kind"] == "cmaes":  # went separable by itself, with CSA (docs/design.md §5)
         inner = pickle.loads(pickle.loads((tmp_path / "run" / "checkpoint.pkl").read_bytes())
                              ["controller"]["blob"])
         assert inner["s"].separable and inner["s"].step_size == "csa"

@@ -1,4 +1,5 @@
-"""The M2N2 paper's "MNIST" task on sklearn's bundled digits (DESIGN §8), vectorised in numpy.
+"""The M2N2 paper's "MNIST" task on sklearn's bundled digits (docs/design.md §8),
+vectorised in numpy.
 
 First 80% of `load_digits` (1437 samples, no shuffle) is the search split, the last 20% (360)
 the held-out split; raw pixels 0–16; an MLP 64→256→10 (19,210 parameters) whose flat parameter

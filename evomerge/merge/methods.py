@@ -1,4 +1,4 @@
-"""Merge methods as pure tensor functions (DESIGN §3).
+"""Merge methods as pure tensor functions (docs/design.md §3).
 
 Inputs are tensors of one shape in any float dtype (bf16 sources stay bf16 in memory); every
 method computes in float32, chunk by chunk, and returns float32. Semantics follow mergekit

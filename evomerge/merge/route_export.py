@@ -1,4 +1,4 @@
-"""A layer route → a stock model directory (DESIGN §4).
+"""A layer route → a stock model directory (docs/design.md §4).
 
 Every hop becomes one ordinary decoder layer holding a copy of its source layer's tensors,
 multiplied by its tensor scales as mergekit's passthrough does (in the stored dtype, which is

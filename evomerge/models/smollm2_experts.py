@@ -120,7 +120,7 @@ def items(skill: str, split: str) -> list[Item]:
 @dataclass(frozen=True)
 class ExpertSettings:
     """Full fine-tuning of every weight with AdamW; the answer tokens carry the loss. Sized
-    from DESIGN §9 (a step ~145 tokens/s on 2 cores): a few minutes per expert."""
+    from docs/design.md §9 (a step ~145 tokens/s on 2 cores): a few minutes per expert."""
 
     steps: int = 200
     lr: float = 3e-5

@@ -1,1 +1,1 @@
-"""Search controllers behind one ask/tell protocol (DESIGN §5)."""
+"""Search controllers behind one ask/tell protocol (docs/design.md §5)."""

@@ -1,4 +1,4 @@
-"""CMA-ES on pycma (DESIGN §5): the paper's PS setting and restarts.
+"""CMA-ES on pycma (docs/design.md §5): the paper's PS setting and restarts.
 
 Defaults: x0 from the space (0.5 in the unit box), σ₀ = 1/6, population 4 + ⌊3 ln n⌋; bounds
 through pycma's boundary handler; `separable` (diagonal covariance) for high dimensions;

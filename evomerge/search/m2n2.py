@@ -1,5 +1,5 @@
 """M2N2: competition for data points, mate selection by attraction, crossover with a moving
-split point (DESIGN §5; "Competition and Attraction Improve Model Fusion").
+split point (docs/design.md §5; "Competition and Attraction Improve Model Fusion").
 
 Steady state: one child per step. The archive holds P members and their per-sample scores
 S (P × N). Two individual types share the algorithm: flat parameter vectors, and seed mixtures

@@ -1,4 +1,5 @@
-"""Data-flow space (DFS, DESIGN §4): which layers run, in which order, with which input scale.
+"""Data-flow space (DFS, docs/design.md §4): which layers run, in which order, with which
+input scale.
 
 Layers are numbered globally: model 0 ("A") first, then model 1, ...; M = total layers. The
 slot sequence is that numbering repeated r times (T = M·r slots; slot i holds global layer
@@ -19,8 +20,8 @@ is not (0, 0) the hop (0, 0) is prepended; if the last is not (0, L_A − 1) the
 take scale 1.0 in "slot" mode. In "pair" mode the first hop of a route has no predecessor and
 takes 1.0; every later hop takes W[previous, this], added ones included.
 
-Initialisation (DESIGN §4): A's slots in the first repetition at +2σ, all other indicator genes
-at −2σ, so the initial route is A itself with all scales 1.0.
+Initialisation (docs/design.md §4): A's slots in the first repetition at +2σ, all other indicator
+genes at −2σ, so the initial route is A itself with all scales 1.0.
 """
 
 from __future__ import annotations

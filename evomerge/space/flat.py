@@ -1,5 +1,5 @@
 """Flat space: a small model's raw parameters as the genome, for from-scratch evolution
-(DESIGN §5, M2N2 / CMA-ES on digits). Decoding is the identity; the evaluator unflattens."""
+(docs/design.md §5, M2N2 / CMA-ES on digits). Decoding is the identity; the evaluator unflattens."""
 
 from __future__ import annotations
 

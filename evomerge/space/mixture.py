@@ -1,4 +1,4 @@
-"""Seed-mixture space (DESIGN §5, M2N2 for large models): a genome is a per-layer-group
+"""Seed-mixture space (docs/design.md §5, M2N2 for large models): a genome is a per-layer-group
 coefficient vector over the K seed models, θ_g = Σ_k c[g, k]·θ_{k,g}.
 
 Genes are group-major (``g{g}.src{k}``), the layout M2N2's `SeedMixtures` individuals expect,

@@ -1,4 +1,4 @@
-"""Parameter space (PS, DESIGN §3): merge parameters per source × tensor kind × layer group.
+"""Parameter space (PS, docs/design.md §3): merge parameters per source × tensor kind × layer group.
 
 The genome lives in the unit box [0, 1]^n so that one CMA-ES step size (σ₀ = 1/6, x0 = 0.5,
 the paper's setting) fits every gene; `decode` scales each gene into its parameter's range.

@@ -1,5 +1,5 @@
-"""The Task seam (DESIGN §2): the driver side (space, objectives, controller setup, decoding,
-the dedup key) and the worker side (`TaskWorker`: scores a decoded candidate on a split),
+"""The Task seam (docs/design.md §2): the driver side (space, objectives, controller setup,
+decoding, the dedup key) and the worker side (`TaskWorker`: scores a decoded candidate on a split),
 which an executor builds wherever candidates are evaluated."""
 
 from __future__ import annotations

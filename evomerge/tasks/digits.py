@@ -1,4 +1,4 @@
-"""The digits task (DESIGN §8): flat MLP parameter vectors scored by a numpy evaluator."""
+"""The digits task (docs/design.md §8): flat MLP parameter vectors scored by a numpy evaluator."""
 
 from __future__ import annotations
 

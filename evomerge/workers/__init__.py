@@ -1,4 +1,4 @@
-"""Executors: where candidates are evaluated (DESIGN §2). `make_executor` is the one place
+"""Executors: where candidates are evaluated (docs/design.md §2). `make_executor` is the one place
 that picks one from the config."""
 
 from __future__ import annotations
