@@ -33,6 +33,7 @@ from evomerge.recipe import (
     RecipeError,
     RouteHop,
     TensorScale,
+    gradient_at,
     matching_scale,
 )
 
@@ -362,14 +363,8 @@ def _scale_number(value: Any, where: str) -> float:
 
 
 def _at(value: float | list[float], t: float) -> float:
-    """A gradient at t, in mergekit's arithmetic (so the very same float)."""
-    if not isinstance(value, list):
-        return value
-    scaled = t * (len(value) - 1)
-    i0 = int(scaled)
-    i1 = min(len(value) - 1, i0 + 1)
-    frac = scaled - i0
-    return (1 - frac) * value[i0] + frac * value[i1]
+    """A number, or a gradient at t."""
+    return gradient_at(value, t) if isinstance(value, list) else value
 
 
 def _resolve_scale(scopes: list[tuple[list[_Condition], str]], t: float

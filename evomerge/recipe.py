@@ -217,17 +217,23 @@ def chat_template_kind(template: str) -> str:
     return "jinja"
 
 
+def gradient_at(values: list[float], t: float) -> float:
+    """A gradient (mergekit's list of values over the layers) at t in [0, 1], in mergekit's
+    arithmetic, so the very same float."""
+    scaled = t * (len(values) - 1)
+    i0 = int(scaled)
+    i1 = min(len(values) - 1, i0 + 1)
+    frac = scaled - i0
+    return (1 - frac) * values[i0] + frac * values[i1]
+
+
 def evaluate_value(value: Any, site: TensorSite) -> Any:
     """The concrete value of one parameter setting at one tensor, or None if no filter matched."""
     if isinstance(value, (bool, int, float)):
         return value
     if isinstance(value, list):
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            scaled = site.t * (len(value) - 1)
-            i0 = int(scaled)
-            i1 = min(len(value) - 1, i0 + 1)
-            frac = scaled - i0
-            return (1 - frac) * value[i0] + frac * value[i1]
+            return gradient_at(value, site.t)
         for cond in value:
             if _filter_matches(cond.get("filter"), site):
                 return evaluate_value(cond["value"], site)
