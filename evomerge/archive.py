@@ -74,6 +74,7 @@ class Objective:
         return self.sign * float(value)
 
     def to_dict(self) -> dict[str, str]:
+        """JSON-ready form, as the archive's saved file stores each objective."""
         return {"name": self.name, "direction": self.direction}
 
 
@@ -107,6 +108,7 @@ class ArchiveEntry:
     payload: dict[str, Any] | None = field(default=None)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form of this member (payload deep-copied), for checkpoints and export."""
         return {
             "trial_id": self.trial_id,
             "values": dict(self.values),
@@ -147,10 +149,12 @@ class ParetoArchive:
     # ------------------------------------------------------------------ properties
     @property
     def objectives(self) -> tuple[Objective, ...]:
+        """The objectives that rank the front, in the order vectors use."""
         return self._objectives
 
     @property
     def reference_point(self) -> dict[str, float] | None:
+        """A copy of the hypervolume reference point in raw values; None when not set."""
         return None if self._reference_point is None else dict(self._reference_point)
 
     @property

@@ -12,10 +12,12 @@ from pathlib import Path
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write text so readers see the old file or the whole new one, never a partial write."""
     write_bytes_atomic(path, text.encode())
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write bytes so readers see the old file or the whole new one, never a partial write."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

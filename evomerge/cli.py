@@ -20,6 +20,7 @@ app = typer.Typer(
 
 
 class ExportFormat(str, Enum):
+    """The file formats `export-recipe` can write."""
     mergekit = "mergekit"
     evomerge = "evomerge"
 
@@ -52,7 +53,7 @@ def merge(
     device: Annotated[str, typer.Option(help="Where to compute: cpu, cuda or cuda:N.")] = "cpu",
     shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 500MB, 2GB.")]
     = "2GB",
-    workers: Annotated[int, typer.Option(help="Tensors merged in parallel on CPU.")] = 2,
+    threads: Annotated[int, typer.Option(help="Tensors merged in parallel on CPU.")] = 2,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT_DIR if it exists.")] = False,
     allow_nonfinite: Annotated[bool, typer.Option(
         help="Merge even if a source tensor holds NaN or Inf.")] = False,
@@ -69,13 +70,16 @@ def merge(
 ) -> None:
     """Build the merged model described by RECIPE into OUT_DIR (sharded safetensors)."""
     from evomerge.merge.allocator import reuse_freed_memory
-    from evomerge.merge.streaming import MergeError, MergeOptions, merge_to_directory, parse_size
-    from evomerge.recipe import RecipeError, load_recipe
+    from evomerge.merge.directory import merge_to_directory
+    from evomerge.merge.errors import MergeError
+    from evomerge.merge.options import MergeOptions, parse_size
+    from evomerge.recipe import RecipeError
+    from evomerge.recipe_file import load_recipe
 
     reuse_freed_memory()
     try:
         rec = load_recipe(recipe, match_mergekit_precision=match_mergekit_precision)
-        opts = MergeOptions(device=device, shard_size=parse_size(shard_size), workers=workers,
+        opts = MergeOptions(device=device, shard_size=parse_size(shard_size), threads=threads,
                             overwrite=overwrite, allow_nonfinite=allow_nonfinite,
                             allow_pickle=allow_pickle, allow_download=allow_download,
                             progress=progress and sys.stderr.isatty())
@@ -98,7 +102,8 @@ def export_recipe(
     """Write a parameter-space recipe as mergekit YAML (or as a normalised evomerge recipe).
     Models appear as the recipe wrote them (with -o, local paths relative to FILE's folder),
     hub ids pinned to their cached revision."""
-    from evomerge.recipe import RecipeError, load_recipe
+    from evomerge.recipe import RecipeError
+    from evomerge.recipe_file import load_recipe
 
     try:
         rec = load_recipe(recipe)
@@ -131,9 +136,10 @@ Address = Annotated[str | None, typer.Option(
 def _run_search(make_run, quiet: bool) -> None:
     """Run a search made by `make_run()`: progress on stderr, a summary at the end, and on
     Ctrl-C what was saved and the exact command that continues it."""
+    from evomerge.errors import ConfigError
+    from evomerge.executors.base import WorkerError
     from evomerge.progress import Progress
-    from evomerge.run import ConfigError, RunError
-    from evomerge.workers import WorkerError
+    from evomerge.run.errors import RunError
 
     run = None
     try:
@@ -182,7 +188,7 @@ def search(
     quiet: Quiet = False,
 ) -> None:
     """Run a search to its budget, logging every trial and checkpointing as it goes."""
-    from evomerge.run import SearchRun
+    from evomerge.run.search_run import SearchRun
 
     _run_search(lambda: SearchRun.create(config, run_dir, budget=budget, seed=seed,
                                          workers=workers, address=address), quiet)
@@ -197,7 +203,7 @@ def resume(
     quiet: Quiet = False,
 ) -> None:
     """Continue an interrupted run; evaluations already logged are not repeated."""
-    from evomerge.run import SearchRun
+    from evomerge.run.search_run import SearchRun
 
     _run_search(lambda: SearchRun.open(run_dir, budget=budget, workers=workers,
                                        address=address), quiet)
@@ -212,8 +218,10 @@ def report_cmd(
     held-out scores."""
     import json
 
+    from evomerge.errors import ConfigError
     from evomerge.report_view import format_report
-    from evomerge.run import ConfigError, RunError, report
+    from evomerge.run.errors import RunError
+    from evomerge.run.report import report
 
     try:
         data = report(run_dir)
@@ -238,10 +246,12 @@ def export(
 ) -> None:
     """Write searched trials as merged model directories (safetensors, evomerge recipe and,
     where expressible, mergekit_config.yml)."""
+    from evomerge.errors import ConfigError
     from evomerge.export import export as export_trials
-    from evomerge.merge.streaming import MergeError, parse_size
+    from evomerge.merge.errors import MergeError
+    from evomerge.merge.options import parse_size
     from evomerge.recipe import RecipeError
-    from evomerge.run import ConfigError, RunError
+    from evomerge.run.errors import RunError
 
     try:
         outs = export_trials(run_dir, to, trial=trial, best=best, front=front,

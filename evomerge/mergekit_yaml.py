@@ -7,7 +7,10 @@ range). A `passthrough` layer stack (slices of one model's layer range each, fro
 models) is a data-flow route, and is read as a route recipe; its `scale` parameters (mergekit's
 per-tensor multipliers) become each hop's `tensor_scale`.
 Parameter values (numbers, gradients, `{filter, value}` lists) carry over unchanged: the
-Recipe evaluates them with mergekit's rules.
+Recipe evaluates them with mergekit's rules. What differs per method (its mergekit name, the
+mergekit options it accepts, how mergekit treats its base and its 16-bit arithmetic) is read
+from the method registry (evomerge.merge_methods), never from method names here. Reading a
+file of either format is evomerge.recipe_file's job.
 """
 
 from __future__ import annotations
@@ -21,13 +24,12 @@ from typing import Any
 
 import yaml
 
-from evomerge.models.architecture import MERGEKIT_FILTER_FOR_KIND
+from evomerge.merge_methods import MergeMethod, by_mergekit_name, registered
+from evomerge.models.architecture import MERGEKIT_KIND_ORDER, TENSOR_KINDS, mergekit_filters
+from evomerge.models.refs import SourceError, resolve_model_ref
 from evomerge.recipe import (
-    METHODS,
     NAME_FILTER_PREFIX,
-    PER_SOURCE_PARAMS,
-    SHARED_PARAMS,
-    TENSOR_KINDS,
+    ROUTE_METHOD,
     TOKENIZER_KEYWORDS,
     Recipe,
     RecipeError,
@@ -44,7 +46,8 @@ _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16"
 # mergekit 0.1.5's top-level keys; any other is ignored by mergekit (and warned about here)
 _TOP_KEYS = {"merge_method", "base_model", "dtype", "out_dtype", "models", "slices", "modules",
              "parameters", "tokenizer_source", "tokenizer", "chat_template"}
-_GTA = ("task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties")
+# mergekit's method for layer stacks, which evomerge reads as routes (method ROUTE_METHOD)
+_STACK = "passthrough"
 # mergekit's names (the route families' too) for the tensors a passthrough stack takes from its
 # first slice (the embeddings) and its last (the final norm and the head): they are scaled by
 # that slice's `scale` too (read at t = 0), which a route never does
@@ -102,39 +105,28 @@ def _name_filters(value: Any) -> Any:
     return out
 
 
-def _params(raw: Any, where: str, method: str) -> dict[str, Any]:
+def _params(raw: Any, where: str, spec: MergeMethod) -> dict[str, Any]:
     """The parameters the method reads. mergekit ignores the others silently; we name them.
     Settings that would make mergekit's weights differ from ours are refused."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         raise RecipeError(f"{where}: parameters must be a mapping")
-    used = set(PER_SOURCE_PARAMS[method]) | set(SHARED_PARAMS[method])
+    used = spec.parameter_names
     out = {}
     for k, v in raw.items():
-        if k == "int8_mask" and method in _GTA:
-            continue  # the dtype of mergekit's sign mask: no effect on the weights
-        if k == "rescale" and method in _GTA:
-            _check_rescale(v, f"{where}.rescale", method)
+        check = spec.mergekit_options.get(k)
+        if check is not None:  # a mergekit option evomerge matches once checked, then drops
+            problem = check(v)
+            if problem:
+                raise RecipeError(f"{where}.{k}: {problem}")
             continue
         if k not in used:
-            log.warning("%s.%s: not used by %s, ignored (as mergekit does)", where, k, method)
+            log.warning("%s.%s: not used by %s, ignored (as mergekit does)", where, k,
+                        spec.name)
             continue
         out[k] = _name_filters(v)
     return out
-
-
-def _check_rescale(value: Any, where: str, method: str) -> None:
-    """mergekit's `rescale` scales pruned task vectors back to their L1 norm. Ours: DARE
-    always rescales (by 1/density, as the paper does); the magnitude methods never do."""
-    if not isinstance(value, bool):
-        raise RecipeError(f"{where}: expected true or false, got {value!r}")
-    if method.startswith("dare") and not value:
-        raise RecipeError(f"{where}: false is not supported: evomerge's DARE always rescales "
-                          "survivors by 1/density")
-    if value and method in ("ties", "breadcrumbs", "breadcrumbs_ties"):
-        raise RecipeError(f"{where}: true (L1 rescaling of the trimmed task vectors) is not "
-                          f"supported for {method}")
 
 
 def _dtype(data: dict, key: str, origin: str) -> str | None:
@@ -148,18 +140,19 @@ def _dtype(data: dict, key: str, origin: str) -> str | None:
     return _DTYPES[name]
 
 
-def _precision(method: str, compute: str, stored: str, where: str, match: bool,
+def _precision(spec: MergeMethod, compute: str, stored: str, where: str, match: bool,
                unset: bool) -> str | None:
     """The compute_dtype that reproduces mergekit, when asked to; otherwise say how ours
     differs. `unset`: no `dtype` key, mergekit computes in the sources' own 16-bit dtype."""
+    method = spec.name
     if match:
-        if method.startswith("dare"):
-            raise RecipeError(f"{where}: --match-mergekit-precision: {method}'s random drops "
-                              "never match mergekit's, so its precision cannot be matched")
+        if spec.precision_refusal:
+            raise RecipeError(f"{where}: --match-mergekit-precision: {spec.precision_refusal}, "
+                              "so its precision cannot be matched")
         return compute
-    if method.startswith("dare") or (unset and method in ("linear", "slerp")):
+    if spec.stochastic or (unset and spec.mergekit_16bit_inputs_only):
         return None  # DARE is warned about already; 16-bit inputs to float32 arithmetic agree
-    if method in ("linear", "slerp"):
+    if spec.mergekit_16bit_inputs_only:
         what = f"rounds every input to {compute} before its (float32) {method} arithmetic"
     else:
         what = (f"runs every step of {method} in {compute}, so even which entries survive "
@@ -176,13 +169,15 @@ def recipe_from_mergekit(data: dict, origin: str = "<mergekit>", match_precision
     """A Recipe giving the weights mergekit 0.1.5 gives for this config, or a RecipeError
     naming the key evomerge cannot honour. `source_dtype(ref)` (the dtype a model's config
     declares) tells when mergekit, given no `dtype`, would merge 16-bit sources in 16 bits."""
-    method = data.get("merge_method")
-    if method == "passthrough":
+    mergekit_method = data.get("merge_method")
+    if mergekit_method == _STACK:
         return _route_from_mergekit(data, origin, source_dtype)
-    if method not in METHODS:
-        raise RecipeError(
-            f"{origin}: merge_method: {method!r} is not supported (supported: {list(METHODS)})"
-        )
+    spec = by_mergekit_name(mergekit_method)
+    if spec is None:
+        supported = [m.mergekit_name for m in registered() if m.mergekit_name is not None]
+        raise RecipeError(f"{origin}: merge_method: {mergekit_method!r} is not supported "
+                          f"(supported: {supported})")
+    method = spec.name
     _warn_unknown(data, _TOP_KEYS, origin)
     if data.get("modules") is not None:
         raise RecipeError(f"{origin}: modules: per-module merges are not supported")
@@ -191,17 +186,15 @@ def recipe_from_mergekit(data: dict, origin: str = "<mergekit>", match_precision
     compute, stored = _dtype(data, "dtype", origin), _dtype(data, "out_dtype", origin)
     out: dict[str, Any] = {
         "method": method,
-        "base": base if method != "linear" else None,  # linear: the base is one more input
-        "parameters": _params(data.get("parameters"), f"{origin}: parameters", method),
+        # linear: the base is one more input
+        "base": None if spec.mergekit_base_is_input else base,
+        "parameters": _params(data.get("parameters"), f"{origin}: parameters", spec),
         "dtype": stored or compute,
         "chat_template": data.get("chat_template"),
         "tokenizer_source": _tokenizer_source(data, origin),
     }
-    if method.startswith("dare"):
-        log.warning("%s: merge_method: %s: evomerge draws DARE's random drops from the recipe "
-                    "seed and rescales survivors by 1/density; mergekit draws from torch's "
-                    "global generator and rescales to the L1 norm, so the weights differ",
-                    origin, method)
+    if spec.mergekit_note:
+        log.warning("%s: merge_method: %s: %s", origin, method, spec.mergekit_note)
     if "models" in data and "slices" in data:
         raise RecipeError(f"{origin}: give either models: or slices:, not both")
     if data.get("models"):
@@ -213,29 +206,30 @@ def recipe_from_mergekit(data: dict, origin: str = "<mergekit>", match_precision
                 _warn_unknown(m, {"model", "parameters"}, where)
             name = _model_name(m, where)
             names.append(name)
-            if name == base and method != "linear":
+            if name == base and not spec.mergekit_base_is_input:
                 continue  # mergekit adds the base itself; its parameters are unused
             params = _params(m.get("parameters") if isinstance(m, dict) else None,
-                             f"{where}.parameters", method)
+                             f"{where}.parameters", spec)
             sources.append({"model": name, "parameters": params})
-        if method == "linear" and base is not None and base not in names:
+        if spec.mergekit_base_is_input and base is not None and base not in names:
             sources.append({"model": base})  # mergekit merges it too, at the global weight
         out["sources"] = sources
     elif data.get("slices"):
-        out.update(_from_slices(data["slices"], base, origin, method))
+        out.update(_from_slices(data["slices"], base, origin, spec))
     else:
         raise RecipeError(f"{origin}: needs models: or slices:")
-    if method == "slerp" and base is None:
-        raise RecipeError(f"{origin}: base_model: slerp needs a base model in mergekit configs")
+    if spec.mergekit_requires_base and base is None:
+        raise RecipeError(f"{origin}: base_model: {method} needs a base model in mergekit "
+                          "configs")
     first = base or next((s["model"] for s in out["sources"]), None)
     native = source_dtype(first) if source_dtype is not None and first else None
     if compute in ("float16", "bfloat16"):
-        if match_precision or method not in ("linear", "slerp") or native != compute:
-            out["compute_dtype"] = _precision(method, compute, out["dtype"], f"{origin}: dtype",
+        if match_precision or not spec.mergekit_16bit_inputs_only or native != compute:
+            out["compute_dtype"] = _precision(spec, compute, out["dtype"], f"{origin}: dtype",
                                               match_precision, False)
         # else: linear / SLERP arithmetic is float32 in both, from the same 16-bit inputs
     elif compute is None and native in ("float16", "bfloat16"):
-        out["compute_dtype"] = _precision(method, native, stored or native,
+        out["compute_dtype"] = _precision(spec, native, stored or native,
                                           f"{origin}: dtype (not set)", match_precision, True)
     return Recipe.from_dict({k: v for k, v in out.items() if v is not None}, origin)
 
@@ -291,7 +285,7 @@ def _route_from_mergekit(data: dict, origin: str,
                          "tensor_scale": [e.model_dump(exclude_none=True) for e in chain]})
     head = hops[-1]["source"]
     out: dict[str, Any] = {
-        "method": "passthrough",
+        "method": ROUTE_METHOD,
         "sources": [{"model": m} for m in models],
         "route": hops,
         "head_source": head or None,
@@ -437,7 +431,7 @@ def _route_to_mergekit(recipe: Recipe, source_dtype: str | None) -> dict[str, An
         if scale is not None:
             source["parameters"] = {"scale": scale}
         slices.append({"sources": [source]})
-    out: dict[str, Any] = {"merge_method": "passthrough", "slices": slices}
+    out: dict[str, Any] = {"merge_method": _STACK, "slices": slices}
     dtype = recipe.dtype or source_dtype
     if dtype:
         out["dtype"] = dtype
@@ -487,11 +481,13 @@ def _tokenizer_ref(value: Any, where: str) -> str:
     return value if value in TOKENIZER_KEYWORDS else _model_name(value, where)
 
 
-def _from_slices(slices: Any, base: str | None, origin: str, method: str) -> dict[str, Any]:
+def _from_slices(slices: Any, base: str | None, origin: str, spec: MergeMethod
+                 ) -> dict[str, Any]:
     if not isinstance(slices, list) or not slices:
         raise RecipeError(f"{origin}: slices: expected a non-empty list")
-    if method == "linear":
-        raise RecipeError(f"{origin}: slices: linear merges are read in the models: form only")
+    if spec.mergekit_base_is_input:
+        raise RecipeError(f"{origin}: slices: {spec.name} merges are read in the models: form "
+                          "only")
     order: list[str] | None = None
     rec_slices = []
     end = 0
@@ -531,17 +527,19 @@ def _from_slices(slices: Any, base: str | None, origin: str, method: str) -> dic
         per_source = []
         for s, n in zip(srcs, names, strict=True):
             if n != base:
-                per_source.append(_params(s.get("parameters"), f"{where}.parameters", method))
+                per_source.append(_params(s.get("parameters"), f"{where}.parameters", spec))
         rec_slices.append({"layers": list(lr),
                            "parameters": _params(sl.get("parameters"), f"{where}.parameters",
-                                                 method),
+                                                 spec),
                            "source_parameters": per_source})
     assert order is not None
     return {"sources": [{"model": n} for n in order], "slices": rec_slices}
 
 
-def _to_mergekit_value(value: Any, num_layers: int | None, where: str) -> Any:
-    """Our value forms in mergekit's: groups become per-layer filters, kinds become substrings."""
+def _to_mergekit_value(value: Any, num_layers: int | None, where: str,
+                       filters: dict[str, tuple[str, ...]]) -> Any:
+    """Our value forms in mergekit's: groups become per-layer filters, kinds become the
+    substrings `filters` gives (one condition each; see architecture.mergekit_filters)."""
     if isinstance(value, (bool, int, float)):
         return value
     if isinstance(value, list):
@@ -552,12 +550,13 @@ def _to_mergekit_value(value: Any, num_layers: int | None, where: str) -> Any:
             f = c.get("filter")
             if f == "other":
                 raise RecipeError(f"{where}: tensor kind 'other' has no mergekit filter")
-            cond = {"value": _to_mergekit_value(c["value"], num_layers, where)}
             if f is not None and f.startswith(NAME_FILTER_PREFIX):
-                cond = {"filter": f[len(NAME_FILTER_PREFIX):], **cond}
-            elif f is not None:
-                cond = {"filter": MERGEKIT_FILTER_FOR_KIND.get(f, f), **cond}
-            conds.append(cond)
+                subs: tuple[str | None, ...] = (f[len(NAME_FILTER_PREFIX):],)
+            else:
+                subs = (None,) if f is None else filters.get(f, (f,))
+            for sub in subs:  # each its own copy of the value: no YAML anchors in the output
+                cond = {"value": _to_mergekit_value(c["value"], num_layers, where, filters)}
+                conds.append(cond if sub is None else {"filter": sub, **cond})
         return conds
     if isinstance(value, dict) and set(value) == {"groups"}:
         if num_layers is None:
@@ -568,37 +567,47 @@ def _to_mergekit_value(value: Any, num_layers: int | None, where: str) -> Any:
         for layer in range(num_layers):
             g = groups[min(len(groups) - 1, layer * len(groups) // num_layers)]
             conds.append({"filter": f"layers.{layer}.", "value": g})
-        conds.append({"filter": "embed_tokens", "value": groups[0]})
+        conds += [{"filter": sub, "value": groups[0]} for sub in filters["embed"]]
         conds.append({"value": groups[-1]})
         return conds
     if isinstance(value, dict):
         conds = []
-        for kind in ("embed", "head", "norm", "attention", "mlp"):
+        for kind in MERGEKIT_KIND_ORDER:
             if kind in value:
-                conds.append({"filter": MERGEKIT_FILTER_FOR_KIND[kind],
-                              "value": _to_mergekit_value(value[kind], num_layers, where)})
+                conds += [{"filter": sub,
+                           "value": _to_mergekit_value(value[kind], num_layers, where, filters)}
+                          for sub in filters[kind]]
         if "other" in value:
             raise RecipeError(f"{where}: tensor kind 'other' has no mergekit filter")
         if "default" in value:
-            conds.append({"value": _to_mergekit_value(value["default"], num_layers, where)})
+            conds.append({"value": _to_mergekit_value(value["default"], num_layers, where,
+                                                      filters)})
         return conds
     raise RecipeError(f"{where}: cannot export value {value!r}")
 
 
 def recipe_to_mergekit(recipe: Recipe, num_layers: int | None = None,
-                       source_dtype: str | None = None) -> dict[str, Any]:
+                       source_dtype: str | None = None,
+                       architecture: str | None = None) -> dict[str, Any]:
     """A mergekit config for a parameter-space recipe, precision included: mergekit computes
     in its `dtype`, so ours (float32 unless `compute_dtype` says otherwise) goes there and the
-    stored dtype (the recipe's, else the sources' `source_dtype`) in `out_dtype`."""
+    stored dtype (the recipe's, else the sources' `source_dtype`) in `out_dtype`. Tensor
+    kinds become the filters that pick them in a model of `architecture` (config.json's)."""
     if recipe.route is not None:
         return _route_to_mergekit(recipe, source_dtype)
-    if recipe.method == "linear" and recipe.base:
+    spec = recipe.method_spec
+    assert spec is not None  # a recipe without a route merges with a registered method
+    if spec.mergekit_name is None:
+        raise RecipeError(f"method: mergekit has no {spec.name} merge")
+    if spec.mergekit_base_is_input and recipe.base:
         recipe = recipe.model_copy(update={"base": None})  # our linear leaves the base out
+    filters = mergekit_filters(architecture)
 
     def conv(params: dict[str, Any], where: str) -> dict[str, Any]:
-        return {k: _to_mergekit_value(v, num_layers, f"{where}.{k}") for k, v in params.items()}
+        return {k: _to_mergekit_value(v, num_layers, f"{where}.{k}", filters)
+                for k, v in params.items()}
 
-    out: dict[str, Any] = {"merge_method": recipe.method}
+    out: dict[str, Any] = {"merge_method": spec.mergekit_name}
     if recipe.base:
         out["base_model"] = recipe.base
     if recipe.parameters:
@@ -641,9 +650,7 @@ def recipe_to_mergekit(recipe: Recipe, num_layers: int | None = None,
 
 def model_config(recipe: Recipe) -> dict[str, Any]:
     """config.json of the first model of the recipe found on this machine ({} if none), for
-    what the recipe does not say: the layer count and the sources' dtype."""
-    from evomerge.models.refs import SourceError, resolve_model_ref
-
+    what the recipe does not say: the layer count, the architecture, the sources' dtype."""
     for ref in recipe.model_refs():
         try:
             cfg = resolve_model_ref(ref) / "config.json"
@@ -655,18 +662,24 @@ def model_config(recipe: Recipe) -> dict[str, Any]:
 
 
 def config_dtype(config: dict[str, Any]) -> str | None:
+    """The dtype a config.json declares, in our names; None when it names none we know."""
     name = config.get("dtype") or config.get("torch_dtype")
     return _DTYPES.get(str(name).removeprefix("torch.")) if name else None
 
 
 def portable_mergekit(recipe: Recipe, relative_to: Path | None = None) -> dict[str, Any]:
     """The recipe as a mergekit config with portable model references (`Recipe.portable`);
-    the layer count and the sources' dtype come from the models' config.json."""
+    the layer count, the architecture and the sources' dtype come from the models'
+    config.json."""
     cfg = model_config(recipe)
     layers = cfg.get("num_hidden_layers")
+    archs = cfg.get("architectures")
+    arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
     return recipe_to_mergekit(recipe.portable(relative_to),
-                              layers if isinstance(layers, int) else None, config_dtype(cfg))
+                              layers if isinstance(layers, int) else None, config_dtype(cfg),
+                              architecture=arch)
 
 
 def mergekit_text(recipe: Recipe, relative_to: Path | None = None) -> str:
+    """`portable_mergekit` as YAML (`export-recipe`, `mergekit_config.yml` in exports)."""
     return yaml.safe_dump(portable_mergekit(recipe, relative_to), sort_keys=False)

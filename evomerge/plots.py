@@ -8,12 +8,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from evomerge.archive import Objective, ParetoArchive
+from evomerge.archive import ParetoArchive
 
 
 def write_plots(run_dir: Path, lines: list[dict[str, Any]],
-                objectives: list[tuple[str, str]], reference: dict[str, float] | None
-                ) -> list[Path]:
+                objectives: list[tuple[str, str]], archive: ParetoArchive) -> list[Path]:
+    """Draw the run's plots into `<run>/plots/` from its trial log and the archive rebuilt from
+    it (`run.trial_log.archive_from_lines`); returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -51,9 +52,6 @@ def write_plots(run_dir: Path, lines: list[dict[str, Any]],
     axes[0][0].legend(fontsize=7)
     written.append(_save(fig, out / "best.png"))
 
-    archive = ParetoArchive([Objective(n, d) for n, d in objectives], reference)
-    for x in ok:
-        archive.add(x["trial"], x["objectives"])
     if len(objectives) >= 2:
         names = [n for n, _ in objectives]
         pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))][:3]

@@ -21,6 +21,7 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
+    """Shows a running search's progress: a live panel, plain log lines, or nothing."""
     def __init__(self, mode: Mode | None = None, stream: TextIO | None = None,
                  every: float = 30.0):
         self.stream = stream or sys.stderr
@@ -32,6 +33,7 @@ class Progress:
         self._live: Any = None
 
     def start(self, done: int, budget: int, objective: str) -> None:
+        """Begin showing a search; rate and ETA count trials from `done` on (not replayed ones)."""
         self.budget, self.objective = budget, objective
         self._done0, self._t0 = done, time.monotonic()
         self._done, self._best = done, None
@@ -54,6 +56,7 @@ class Progress:
 
     def update(self, done: int, best: float | None,
                details: Callable[[], dict[str, Any]] | None = None) -> None:
+        """Record new counts and best score; redraw only when the display is due."""
         self._done, self._best = done, best
         self._details = details or self._details
         now = time.monotonic()

@@ -13,10 +13,13 @@ Parameter value forms (any parameter, at global or per-source level):
 * ``{"groups": [v0, ..., vG-1]}``: piecewise constant over G equal groups of decoder layers
   (embeddings take the first group, final norm and head the last);
 * a mapping from tensor kind (``attention``, ``mlp``, ``norm``, ``embed``, ``head``, ``other``,
-  ``default``) to any of the forms above;
+  ``default``; see evomerge.models.architecture) to any of the forms above;
 * a list of ``{"filter": str | None, "value": ...}`` conditions (mergekit's form): the first
   whose filter is a tensor kind equal to the tensor's kind, or a substring of its name, or
   missing / ``"*"``, applies.
+
+What each method reads (its parameters, defaults, whether it needs a base) comes from the
+method registry, evomerge.merge_methods; reading a recipe file is evomerge.recipe_file's job.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,56 +42,16 @@ from pydantic import (
     model_validator,
 )
 
-METHODS = (
-    "linear",
-    "task_arithmetic",
-    "ties",
-    "dare_linear",
-    "dare_ties",
-    "breadcrumbs",
-    "breadcrumbs_ties",
-    "slerp",
-)
-Method = Literal[
-    "linear",
-    "task_arithmetic",
-    "ties",
-    "dare_linear",
-    "dare_ties",
-    "breadcrumbs",
-    "breadcrumbs_ties",
-    "slerp",
-    "passthrough",  # a layer route (data-flow space): layers are copied, not merged
-]
+from evomerge.merge_methods import METHODS, PARAM_RANGES, MergeMethod, get_method
+from evomerge.models.architecture import TENSOR_KINDS, TensorSite
+from evomerge.models.refs import portable_ref
+
+# a layer route (data-flow space): layers are copied, not merged, so no registered method
+ROUTE_METHOD = "passthrough"
+Method = Literal[(*METHODS, ROUTE_METHOD)]  # type: ignore[valid-type]
 DType = Literal["float32", "float16", "bfloat16"]
-TENSOR_KINDS = ("attention", "mlp", "norm", "embed", "head", "other")
 _KIND_KEYS = set(TENSOR_KINDS) | {"default"}
 
-# Which parameters each method reads, with their defaults (None: required somewhere).
-# Per-source parameters may also be given globally; shared ones only make sense globally.
-PER_SOURCE_PARAMS: dict[str, dict[str, float | None]] = {
-    "linear": {"weight": 1.0},
-    "task_arithmetic": {"weight": 1.0},
-    "ties": {"weight": 1.0, "density": 1.0},
-    "dare_linear": {"weight": 1.0, "density": 1.0},
-    "dare_ties": {"weight": 1.0, "density": 1.0},
-    "breadcrumbs": {"weight": 1.0, "density": 1.0, "gamma": 0.01},
-    "breadcrumbs_ties": {"weight": 1.0, "density": 1.0, "gamma": 0.01},
-    "slerp": {},
-    "passthrough": {},
-}
-SHARED_PARAMS: dict[str, dict[str, float | bool]] = {
-    "linear": {"normalize": True},
-    "task_arithmetic": {"lambda": 1.0, "normalize": False},
-    "ties": {"lambda": 1.0, "normalize": True},
-    "dare_linear": {"lambda": 1.0, "normalize": False},
-    "dare_ties": {"lambda": 1.0, "normalize": False},
-    "breadcrumbs": {"lambda": 1.0, "normalize": False},
-    "breadcrumbs_ties": {"lambda": 1.0, "normalize": False},
-    "slerp": {"t": 0.5},
-    "passthrough": {},
-}
-NEEDS_BASE = {m for m in METHODS if m not in ("linear", "slerp")}
 # tokenizer_source values that name no model (mergekit's)
 TOKENIZER_KEYWORDS = ("base", "union")
 
@@ -97,40 +60,9 @@ class RecipeError(ValueError):
     """A recipe that cannot be used; the message names the file and field at fault."""
 
 
-@dataclass(frozen=True)
-class TensorSite:
-    """Where a tensor sits in the model: what parameter resolution needs to know."""
-
-    name: str
-    kind: str  # one of TENSOR_KINDS
-    layer: int | None  # decoder layer index, None for embeddings / final norm / head
-    num_layers: int
-
-    @property
-    def t(self) -> float:
-        """Relative depth in [0, 1] used by gradients (mergekit's convention: t = 0 outside
-        the decoder layers, for the final norm and head too)."""
-        if self.layer is None:
-            return 0.0
-        if self.num_layers <= 1:
-            return 1.0
-        return self.layer / (self.num_layers - 1)
-
-    @property
-    def group_position(self) -> float:
-        """Position in [0, 1) used to pick a layer group."""
-        if self.layer is None:
-            return 0.0 if self.kind == "embed" else 1.0 - 1e-12
-        return self.layer / max(self.num_layers, 1)
-
-
-# Parameters whose every value must lie in a range: a density of 1.5 or -0.5 is a typo that
-# the methods would otherwise treat silently as 1 or 0.
-PARAM_RANGES: dict[str, tuple[float, float]] = {"density": (0.0, 1.0), "gamma": (0.0, 1.0),
-                                                "t": (0.0, 1.0)}
-
-
 def _check_param(name: str, value: Any, where: str) -> None:
+    """Validate one parameter setting (its range too, for the parameters that have one, e.g.
+    a density of 1.5: a typo the methods would otherwise treat silently as 1)."""
     _check_value(value, where, name if name in PARAM_RANGES else None)
 
 
@@ -343,6 +275,7 @@ class LayerSlice(BaseModel):
         return self
 
     def localise(self, site: TensorSite) -> TensorSite:
+        """The site as the slice sees it: gradients run over the slice's own layers."""
         if site.layer is None:
             return site
         return TensorSite(
@@ -362,7 +295,7 @@ class Recipe(BaseModel):
     dtype: DType | None = None
     # None: merge in float32 (evomerge's way). float16 / bfloat16: round the inputs to it and
     # run mergekit's arithmetic step by step in it, to give the weights mergekit gives for a
-    # config with that `dtype` (see evomerge.merge.mergekit_precision).
+    # config with that `dtype` (see evomerge.kernels.mergekit_16bit).
     compute_dtype: DType | None = None
     seed: int = 0
     # "base" (the base model, else the first source), "union" or a model: that tokenizer is
@@ -395,11 +328,16 @@ class Recipe(BaseModel):
             chat_template_kind(value)
         return value
 
+    @property
+    def method_spec(self) -> MergeMethod | None:
+        """The registered method this recipe merges with; None for a layer route."""
+        return None if self.method == ROUTE_METHOD else get_method(self.method)
+
     @model_validator(mode="after")
     def _check_method(self) -> Recipe:
-        per_source = PER_SOURCE_PARAMS[self.method]
-        shared = SHARED_PARAMS[self.method]
-        known = set(per_source) | set(shared)
+        spec = self.method_spec
+        per_source = spec.per_source_defaults if spec else {}
+        known = spec.parameter_names if spec else set()
         for name in self.parameters:
             if name not in known:
                 raise ValueError(
@@ -413,15 +351,12 @@ class Recipe(BaseModel):
                         f"sources[{i}].parameters.{name}: not a per-source parameter of "
                         f"method {self.method!r} (known: {sorted(per_source)})"
                     )
-        if self.method in NEEDS_BASE and self.base is None:
+        if spec is not None and spec.needs_base and self.base is None:
             raise ValueError(f"base: method {self.method!r} needs a base model")
-        if self.method == "slerp":
-            n = len(self.sources) + (1 if self.base else 0)
-            if n != 2:
-                raise ValueError(
-                    f"sources: slerp interpolates exactly two models (base + one source, or "
-                    f"two sources); got {n}"
-                )
+        if spec is not None and spec.check_models is not None:
+            problem = spec.check_models(len(self.sources), bool(self.base))
+            if problem:
+                raise ValueError(problem)
         if self.slices is not None:
             if not self.slices:
                 raise ValueError("slices: empty list (leave it out instead)")
@@ -451,18 +386,19 @@ class Recipe(BaseModel):
                             f"slices[{i}].parameters.{name}: not a parameter of method "
                             f"{self.method!r}"
                         )
-        if self.compute_dtype not in (None, "float32") and self.method.startswith("dare"):
+        refusal = spec.precision_refusal if spec else None
+        if self.compute_dtype not in (None, "float32") and refusal:
             raise ValueError(
                 f"compute_dtype: {self.compute_dtype} reproduces mergekit's arithmetic, but "
-                f"{self.method}'s random drops never match mergekit's; leave it out"
+                f"{refusal}; leave it out"
             )
         self._check_route()
         return self
 
     def _check_route(self) -> None:
-        if self.method == "passthrough" and self.route is None:
+        if self.method == ROUTE_METHOD and self.route is None:
             raise ValueError("route: method passthrough copies layers along a route; give one")
-        if self.route is not None and self.method != "passthrough":
+        if self.route is not None and self.method != ROUTE_METHOD:
             raise ValueError(f"method: a layer route is built by method passthrough, not "
                              f"{self.method!r}")
         if self.route is None:
@@ -506,7 +442,8 @@ class Recipe(BaseModel):
             f"at layer {self.slices[-1].layers[1]}"
         )
 
-    def _settings(self, site: TensorSite, source_index: int | None):
+    def _settings(self, site: TensorSite, source_index: int | None
+                  ) -> Iterator[tuple[Mapping[str, Any], TensorSite]]:
         """(settings, site) pairs from highest to lowest precedence, as mergekit orders them."""
         sl = self._slice_for(site)
         if sl is not None:
@@ -525,7 +462,8 @@ class Recipe(BaseModel):
                 value = evaluate_value(settings[name], where)
                 if value is not None:
                     return float(value)
-        default = PER_SOURCE_PARAMS[self.method].get(name)
+        spec = self.method_spec
+        default = spec.per_source_defaults.get(name) if spec else None
         if default is None:
             raise RecipeError(
                 f"sources[{source_index}].parameters.{name}: no value applies to tensor "
@@ -540,7 +478,10 @@ class Recipe(BaseModel):
                 value = evaluate_value(settings[name], where)
                 if value is not None:
                     return value
-        return SHARED_PARAMS[self.method][name]
+        spec = self.method_spec
+        if spec is None:
+            raise KeyError(name)  # a layer route reads no parameters
+        return spec.shared_defaults[name]
 
     def summary(self, width: int = 60) -> str:
         """One line for a report table: a route's hops, or the method and its numbers."""
@@ -576,12 +517,17 @@ class Recipe(BaseModel):
         """How the recipe file wrote `ref`, when it was read from one."""
         return self._written.get(ref)
 
+    def with_written_refs(self, written: Mapping[str, str]) -> Recipe:
+        """A copy that remembers how a recipe file wrote its references (resolved → written),
+        so outputs can name them as the user did (evomerge.recipe_file sets it)."""
+        out = self.model_copy()
+        out._written = dict(written)
+        return out
+
     def portable(self, relative_to: Path | None = None) -> Recipe:
         """This recipe with references another machine can use: local directories relative
         to `relative_to` (when given; else as the recipe file wrote them), hub ids pinned to
         the revision found in the local cache."""
-        from evomerge.models.refs import portable_ref
-
         def conv(ref: str) -> str:
             return portable_ref(ref, self._written.get(ref), relative_to)
 
@@ -594,9 +540,11 @@ class Recipe(BaseModel):
 
     # --- serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """The recipe as plain data (what `digest` hashes and `to_yaml` writes)."""
         return self.model_dump(mode="json", exclude_none=True, exclude_defaults=False)
 
     def to_yaml(self) -> str:
+        """The recipe as our YAML (`from_yaml` reads it back unchanged)."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def digest(self) -> str:
@@ -606,15 +554,17 @@ class Recipe(BaseModel):
 
     @classmethod
     def from_dict(cls, data: Any, origin: str = "<recipe>") -> Recipe:
+        """Validate plain data; a RecipeError names `origin` and the field at fault."""
         if not isinstance(data, dict):
             raise RecipeError(f"{origin}: expected a mapping at the top level")
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise RecipeError(f"{origin}: {_describe(exc)}") from None
+            raise RecipeError(f"{origin}: {describe_validation_error(exc)}") from None
 
     @classmethod
     def from_yaml(cls, text: str, origin: str = "<recipe>") -> Recipe:
+        """Parse and validate our YAML; a RecipeError names `origin` and the field at fault."""
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -622,8 +572,9 @@ class Recipe(BaseModel):
         return cls.from_dict(data, origin)
 
 
-def _describe(exc: ValidationError, skip: frozenset[str] = frozenset()) -> str:
-    """pydantic's errors as `field.path[i]: message`, in the words of this tool."""
+def describe_validation_error(exc: ValidationError, skip: frozenset[str] = frozenset()) -> str:
+    """pydantic's errors as `field.path[i]: message`, in the words of this tool (every config
+    file evomerge reads reports them so); `skip`: location parts to leave out."""
     parts = []
     for err in exc.errors():
         loc = ""
@@ -636,86 +587,3 @@ def _describe(exc: ValidationError, skip: frozenset[str] = frozenset()) -> str:
             msg = "not a known key here (a typo?)"
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
-
-
-def is_mergekit_config(data: Any) -> bool:
-    """mergekit configs name `merge_method`; ours name `method`."""
-    return isinstance(data, dict) and "merge_method" in data
-
-
-def load_recipe(path: str | Path, match_mergekit_precision: bool = False) -> Recipe:
-    """Read a recipe file: our own format or a mergekit YAML config (detected by its keys).
-
-    Local paths are resolved (see `_relative_to`); how the file wrote each reference is kept
-    for outputs (`Recipe.portable`). `match_mergekit_precision`: a mergekit config whose
-    `dtype` is below float32 is merged at that precision, as mergekit does."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise RecipeError(f"{path}: cannot read recipe: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
-    if isinstance(data, dict) and "method" not in data and {"controller", "task"} & set(data):
-        raise RecipeError(f"{path}: this is a search config, not a merge recipe; run it with "
-                          f"`evomerge search {path} --run-dir DIR`")
-    if is_mergekit_config(data):
-        from evomerge.mergekit_yaml import recipe_from_mergekit
-
-        recipe = recipe_from_mergekit(data, origin=str(path),
-                                      match_precision=match_mergekit_precision,
-                                      source_dtype=lambda ref: _declared_dtype(path, ref))
-    else:
-        if match_mergekit_precision:
-            raise RecipeError(f"{path}: --match-mergekit-precision applies to mergekit configs; "
-                              "an evomerge recipe says `compute_dtype:` instead")
-        recipe = Recipe.from_dict(data, origin=str(path))
-    written: dict[str, str] = {}
-    from evomerge.models.refs import missing_local
-
-    def resolve(ref: str, where: str) -> str:
-        problem = missing_local(ref, where, [Path.cwd(), path.parent])
-        if problem:
-            raise RecipeError(f"{path}: {problem}")
-        resolved = _relative_to(path, ref)
-        written[resolved] = ref
-        return resolved
-
-    tok = recipe.tokenizer_source
-    out = recipe.model_copy(
-        update={
-            "sources": [s.model_copy(update={"model": resolve(s.model, f"sources[{i}].model")})
-                        for i, s in enumerate(recipe.sources)],
-            "base": resolve(recipe.base, "base") if recipe.base else None,
-            "tokenizer_source": resolve(tok, "tokenizer_source")
-            if tok and tok not in TOKENIZER_KEYWORDS else tok,
-        }
-    )
-    out._written = written
-    return out
-
-
-def _declared_dtype(recipe_path: Path, ref: str) -> str | None:
-    """The dtype a model's config.json declares (no download), None when unknown."""
-    from evomerge.mergekit_yaml import config_dtype
-    from evomerge.models.refs import SourceError, resolve_model_ref
-
-    try:
-        cfg = resolve_model_ref(_relative_to(recipe_path, ref)) / "config.json"
-        return config_dtype(json.loads(cfg.read_text()))
-    except (SourceError, OSError, ValueError):
-        return None
-
-
-def _relative_to(recipe_path: Path, ref: str) -> str:
-    """Resolve a relative local model path against the current directory, else the recipe's
-    folder; leave anything that is not an existing local path (a hub repo id) unchanged."""
-    p = Path(ref).expanduser()
-    if p.is_absolute() or p.exists():
-        return str(p) if not p.exists() else str(p.resolve())
-    candidate = recipe_path.parent / p
-    if candidate.exists():
-        return str(candidate.resolve())
-    return ref

@@ -26,6 +26,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def format_report(data: dict[str, Any]) -> str:
+    """The `evomerge report` text for people: counts, timings and the front as a table."""
     out = [f"{data['name']} ({data['controller']}): {data['trials']}/{data['budget']} trials, "
            f"{data['failed']} failed, {data['cache_hits']} answered from the cache "
            "(repeated recipes)"]

@@ -18,16 +18,24 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 
+from evomerge.errors import ConfigError
 from evomerge.evaluate.specs import EvaluatorSpec
+from evomerge.merge_methods import METHODS, PARAM_RANGES, SEARCH_RANGES
+from evomerge.models import zoos
+from evomerge.models.architecture import TENSOR_KINDS
+from evomerge.models.smollm2 import SmolLM2Error
 from evomerge.models.zoos import KINDS as ZOO_KINDS
-from evomerge.recipe import METHODS, PARAM_RANGES, TENSOR_KINDS, RecipeError, _describe
-
-
-class ConfigError(ValueError):
-    """A search config that cannot be used; the message names the file and field."""
+from evomerge.recipe import RecipeError, describe_validation_error
+from evomerge.search.registry import (
+    CONTROLLER_KEYS,
+    CONTROLLERS,
+    AnyControllerSpec,
+    defaults_of_every_kind,
+)
 
 
 class DigitsTaskSpec(BaseModel):
@@ -70,7 +78,8 @@ class PSSpaceSpec(BaseModel):
     methods: list[Literal[METHODS]] | None = None  # type: ignore[valid-type]
     groups: int = Field(1, ge=1)
     kinds: list[Literal[(*TENSOR_KINDS, "default")]] = ["default"]  # type: ignore[valid-type]
-    ranges: dict[Literal["weight", "density", "gamma", "t", "lambda"],
+    # the search range of any parameter a method declares searchable (merge_methods)
+    ranges: dict[Literal[tuple(SEARCH_RANGES)],  # type: ignore[valid-type]
                  tuple[float, float]] = Field(default_factory=dict)
     search_lambda: bool = False
     seed: int = Field(0, ge=0, description="DARE's drop seed, the same for every candidate")
@@ -234,61 +243,6 @@ class MergeTaskSpec(BaseModel):
 
 
 
-# Genomes longer than this make full-covariance CMA-ES and Optuna's samplers unsafe defaults:
-# CMA-ES keeps n x n matrices (at the digits task's 19,210 genes a 5.9 GB checkpoint and more
-# memory than this machine has); Optuna's study keeps every trial's n parameters.
-HIGH_DIMENSION = 1000
-
-
-class ControllerSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Literal["m2n2", "cmaes", "random", "optuna"]
-    # m2n2
-    archive_size: int = Field(20, ge=2)
-    alpha: float = Field(1.0, ge=0)
-    mutation_sigma: float = Field(0.0, ge=0)
-    attraction: bool = True
-    split_point: bool = True
-    crossover: bool = True
-    sample_reward: Literal["one", "best"] = "one"
-    # cmaes
-    sigma0: float | None = Field(None, gt=0)
-    popsize: int | None = Field(None, ge=2)
-    # auto: full covariance up to HIGH_DIMENSION genes, diagonal above (false forces full)
-    separable: bool | Literal["auto"] = "auto"
-    restarts: Literal["none", "ipop", "bipop"] = "none"
-    step_size: Literal["auto", "csa", "tpa"] = "auto"
-    # random (and optuna's box when the space has no bounds)
-    sigma: float = Field(0.1, gt=0)
-    # optuna
-    sampler: Literal["tpe", "nsga2", "gp"] = "tpe"
-    allow_high_dimension: bool = False  # run Optuna above HIGH_DIMENSION genes anyway
-
-    @model_validator(mode="after")
-    def _applicable(self, info: ValidationInfo) -> ControllerSpec:
-        """A key of another controller is a mistake to name, not to ignore. Run directories
-        freeze every key (the defaults of other controllers included), so a frozen config
-        may carry them at their defaults."""
-        frozen = bool(info.context and info.context.get("frozen"))
-        for key in sorted(self.model_fields_set - CONTROLLER_KEYS[self.kind] - {"kind"}):
-            if frozen and getattr(self, key) == type(self).model_fields[key].default:
-                continue
-            owners = [k for k, keys in CONTROLLER_KEYS.items() if key in keys]
-            raise ValueError(f"{key}: an option of {' and '.join(owners)}, not of "
-                             f"{self.kind}")
-        return self
-
-
-CONTROLLER_KEYS: dict[str, set[str]] = {
-    "m2n2": {"archive_size", "alpha", "mutation_sigma", "attraction", "split_point",
-             "crossover", "sample_reward"},
-    "cmaes": {"sigma0", "popsize", "separable", "restarts", "step_size"},
-    "random": {"sigma"},
-    "optuna": {"sampler", "sigma", "allow_high_dimension"},
-}
-
-
 class ExecutorSpec(BaseModel):
     """Where candidates are evaluated: inline (in this process) or on Ray actors. A run-time
     choice: resume may change it (it is not part of the config's digest)."""
@@ -340,6 +294,7 @@ class ZooSpec(BaseModel):
 
 
 class SearchConfig(BaseModel):
+    """A search config file, validated whole before anything runs: task, controller, budget."""
     model_config = ConfigDict(extra="forbid")
 
     name: str = "search"
@@ -350,13 +305,37 @@ class SearchConfig(BaseModel):
     task: Annotated[DigitsTaskSpec | MergeTaskSpec | SyntheticTaskSpec,
                     Field(discriminator="kind")] = Field(
         default_factory=DigitsTaskSpec)
-    controller: ControllerSpec
+    controller: AnyControllerSpec
     executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
     fidelity: FidelitySpec | None = None  # multi-fidelity rungs; None: every trial in full
     zoo: ZooSpec | None = None  # example sources to build before the search, if missing
     # when the budget is spent: the best trial (first objective) as <run>/best, a model dir
     # with its recipe and mergekit YAML
     export_best: bool = False
+
+    @field_validator("controller", mode="before")
+    @classmethod
+    def _controller_keys(cls, data: Any, info: ValidationInfo) -> Any:
+        """A key of another controller is a mistake to name, not to ignore. Run directories
+        frozen before each kind had its own settings kept every kind's keys at their
+        defaults, so a frozen config may carry them at their defaults (they are dropped)."""
+        if not isinstance(data, dict):
+            return data  # the union says what it expects
+        kind = data.get("kind")
+        if kind not in CONTROLLERS:
+            what = f"{kind!r} is not a controller" if "kind" in data else "missing"
+            raise ValueError(f"kind: {what}; one of {', '.join(CONTROLLERS)}")
+        own = CONTROLLERS[kind].model_fields
+        frozen = bool(info.context and info.context.get("frozen"))
+        defaults = defaults_of_every_kind()
+        kept = {}
+        for key, value in data.items():
+            owners = [k for k, keys in CONTROLLER_KEYS.items() if key in keys]
+            if key in own or not owners:  # its own key, or unknown: the model says
+                kept[key] = value
+            elif not (frozen and value == defaults[key]):
+                raise ValueError(f"{key}: an option of {' and '.join(owners)}, not of {kind}")
+        return kept
 
     @model_validator(mode="before")
     @classmethod
@@ -369,6 +348,8 @@ class SearchConfig(BaseModel):
         """What must not change across a resume (budget and time limit may grow)."""
         data = self.model_dump(mode="json")
         data.pop("executor")  # where trials run does not change what they are
+        # digests predate per-kind controller settings: computed on every kind's keys
+        data["controller"] = {**defaults_of_every_kind(), **data["controller"]}
         if ignore_budget:
             data.pop("budget")
             data.pop("max_seconds")
@@ -385,11 +366,7 @@ class SearchConfig(BaseModel):
     def to_yaml(self) -> str:
         """The frozen copy: the controller block keeps only its own kind's keys, so the file
         reads (and can be reused) as a config."""
-        data = self.model_dump(mode="json")
-        ctl = data["controller"]
-        data["controller"] = {k: v for k, v in ctl.items()
-                              if k == "kind" or k in CONTROLLER_KEYS[ctl["kind"]]}
-        return yaml.safe_dump(data, sort_keys=False)
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
 _LATE_KEYS: list[tuple[tuple[str, ...], Any]] = [
@@ -404,13 +381,15 @@ _LATE_KEYS: list[tuple[tuple[str, ...], Any]] = [
 # pydantic puts the chosen member of a tagged union into error locations
 # (task.merge.space.ps.groups); users wrote task.space.groups
 _UNION_TAGS = frozenset({"digits", "merge", "synthetic", "ps", "seed_mixture", "dfs",
-                         "lm_eval", "perplexity", "classification", "callable"})
+                         "lm_eval", "perplexity", "classification", "callable",
+                         *CONTROLLERS})
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
                 frozen: bool = False) -> SearchConfig:
     """Read and validate a config. `overrides` are command-line values (an error in one names
-    its --flag, not the file); `frozen`: the copy a run directory keeps (see ControllerSpec)."""
+    its --flag, not the file); `frozen`: the copy a run directory keeps (see
+    `SearchConfig._controller_keys`)."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -423,8 +402,6 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
     if "controller" not in data and {"method", "merge_method"} & set(data):
         raise ConfigError(f"{path}: this is a merge recipe, not a search config; build it with "
                           f"`evomerge merge {path} OUT_DIR`")
-    if isinstance(data.get("zoo"), dict) and not frozen:
-        _ensure_zoo(data["zoo"], path)
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     for key, value in given.items():
         try:
@@ -437,21 +414,27 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
     try:
         cfg = SearchConfig.model_validate(data, context={"frozen": frozen})
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {_describe(exc, skip=_UNION_TAGS)}") from None
+        raise ConfigError(f"{path}: {describe_validation_error(exc, skip=_UNION_TAGS)}") from None
     if isinstance(cfg.task, MergeTaskSpec):
         _resolve_paths(cfg.task, path)
     return cfg
 
 
-def _ensure_zoo(data: dict[str, Any], path: Path) -> None:
-    """Build the zoo the config asks for before its paths are checked."""
+def build_zoo(path: str | Path) -> None:
+    """Build the example sources a config's `zoo:` block names, where missing: before
+    `load_config`, which checks that the sources exist. A file that cannot be read is left to
+    `load_config` to name."""
+    path = Path(path)
     try:
-        spec = ZooSpec.model_validate(data)
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return
+    if not isinstance(data, dict) or not isinstance(data.get("zoo"), dict):
+        return
+    try:
+        spec = ZooSpec.model_validate(data["zoo"])
     except ValidationError as exc:
-        raise ConfigError(f"{path}: zoo.{_describe(exc)}") from None
-    from evomerge.models import zoos
-    from evomerge.models.smollm2 import SmolLM2Error
-
+        raise ConfigError(f"{path}: zoo.{describe_validation_error(exc)}") from None
     try:
         zoos.ensure(spec.kind, Path(spec.dir))
     except SmolLM2Error as exc:
@@ -496,4 +479,4 @@ def _resolve_paths(task: MergeTaskSpec, config_path: Path) -> None:
                                   for t in getattr(ev, key)])
 
 
-__all__ = ["ConfigError", "RecipeError", "SearchConfig", "load_config"]
+__all__ = ["ConfigError", "RecipeError", "SearchConfig", "build_zoo", "load_config"]

@@ -28,10 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_merge as bm  # noqa: E402  (the shared zoo, recipes and machine facts)
+from evomerge import benchmarking as bm  # the zoo, recipes and machine facts bench_merge uses
 
-METHODS = ("linear", "ties", "dare_ties")
 NOTE = """
 Reading the table: linear is memory-bound, so dropping the disk, the process start and the
 model load leaves the merge itself. TIES and DARE-TIES are compute-bound on this CPU: without
@@ -63,9 +61,10 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
+    from evomerge.merge.directory import merge_to_directory
     from evomerge.merge.inplace import CandidateBuilder
-    from evomerge.merge.streaming import MergeOptions, merge_to_directory
-    from evomerge.recipe import load_recipe
+    from evomerge.merge.options import MergeOptions
+    from evomerge.recipe_file import load_recipe
 
     hf_logging.disable_progress_bar()
     info = bm.machine_info()
@@ -94,7 +93,7 @@ def main() -> None:
                 times.append(time.perf_counter() - t)
             return times
 
-        for method in METHODS:
+        for method in bm.METHODS:
             # the recipe as evomerge reads it (sources resolved the same way)
             recipe = load_recipe(recipes[method])
             t = time.perf_counter()

@@ -60,7 +60,7 @@ def evaluator_config(zoo: Path, space: dict, base: bool) -> dict:
 
 def load_task(cfg: dict, folder: Path):
     from evomerge.search_config import load_config
-    from evomerge.tasks.base import build_task
+    from evomerge.tasks.registry import build_task
 
     path = folder / f"{cfg['task']['space']['kind']}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -83,9 +83,11 @@ def rss() -> int:
 
 
 def bench(size: str, candidates: int, folder: Path) -> dict:
+    from evomerge.merge.directory import merge_to_directory
+    from evomerge.merge.options import MergeOptions
     from evomerge.merge.route_export import materialised_bytes
     from evomerge.merge.routing import RoutePlan
-    from evomerge.merge.streaming import MergeOptions, merge_to_directory, open_models
+    from evomerge.merge.sources import open_models
     from evomerge.models.tiny import build_example_zoo
 
     zoo = folder / f"zoo-{size}"

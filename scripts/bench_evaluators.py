@@ -33,15 +33,14 @@ def main() -> None:
     from pydantic import TypeAdapter
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from evomerge.evaluate.base import ForwardTimer, build_evaluator
+    from evomerge.benchmarking import machine_info
+    from evomerge.evaluate.base import ForwardTimer
+    from evomerge.evaluate.registry import build_evaluator
     from evomerge.evaluate.specs import EvaluatorSpec
     from evomerge.models.tiny import build_example_zoo
     from evomerge.models.tiny_tasks import write_example_tasks
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import bench_merge as bm
-
-    info = bm.machine_info()
+    info = machine_info()
     root = Path(tempfile.mkdtemp(prefix="evomerge-bench-eval-"))
     zoo = build_example_zoo(root / "zoo")
     tasks = write_example_tasks(root / "tasks", items=args.items)

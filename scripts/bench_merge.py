@@ -24,26 +24,31 @@ same recipes (bf16 output), reported to results/bench_merge_smollm2.md.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import shlex
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-METHODS = ("linear", "ties", "dare_ties")
-VARIANTS = ("a", "b", "c")
-ZOO_VERSION = 1
+from evomerge.benchmarking import (
+    FULL,
+    METHODS,
+    QUICK,
+    VARIANTS,
+    ZOO_VERSION,
+    build_zoo,
+    copy_bandwidth,
+    count_params,
+    machine_info,
+    weight_bytes,
+    write_recipes,
+)
 
 # Runs argv[2:] once, its output to the file argv[1]; prints wall seconds, peak RSS KiB and the
 # exit status as JSON. A fresh wrapper per measurement, so RUSAGE_CHILDREN holds one child only.
@@ -56,27 +61,6 @@ with open(sys.argv[1], "wb") as log:
 rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 print(json.dumps({"wall": wall, "rss_kib": rss, "rc": rc}))
 """
-
-
-@dataclass
-class Model:
-    """Sizes of one zoo: the shape of the Llama the four models share."""
-
-    vocab_size: int
-    hidden_size: int
-    num_layers: int
-    intermediate_size: int
-    num_heads: int
-    shard_size: int
-
-    def key(self) -> dict[str, int]:
-        return {"zoo_version": ZOO_VERSION, **self.__dict__}
-
-
-FULL = Model(vocab_size=32000, hidden_size=768, num_layers=8, intermediate_size=2048,
-             num_heads=12, shard_size=100_000_000)
-QUICK = Model(vocab_size=2000, hidden_size=128, num_layers=2, intermediate_size=344,
-              num_heads=4, shard_size=500_000)
 
 
 @dataclass
@@ -94,62 +78,6 @@ class Tool:
     @property
     def rss(self) -> float | None:
         return max(self.rss_mb) if self.rss_mb and not self.error else None
-
-
-def count_params(model: Model) -> int:
-    from evomerge.models.tiny import llama_config, parameter_shapes
-
-    cfg = llama_config(vocab_size=model.vocab_size, hidden_size=model.hidden_size,
-                       num_layers=model.num_layers, intermediate_size=model.intermediate_size,
-                       num_heads=model.num_heads)
-    total = 0
-    for shape in parameter_shapes(cfg).values():
-        n = 1
-        for d in shape:
-            n *= d
-        total += n
-    return total
-
-
-def build_zoo(root: Path, model: Model, name: str) -> dict[str, Path]:
-    """`base`, `a`, `b`, `c` under root/name; reused when its marker matches `model`."""
-    from evomerge.models.tiny import llama_config, write_family
-
-    zoo = root / name
-    marker = zoo / "COMPLETE.json"
-    dirs = {n: zoo / n for n in ("base", *VARIANTS)}
-    if marker.exists() and json.loads(marker.read_text()) == model.key():
-        print(f"zoo: reusing {zoo}", flush=True)
-        return dirs
-    print(f"zoo: building {zoo} ...", flush=True)
-    t = time.perf_counter()
-    shutil.rmtree(zoo, ignore_errors=True)
-    cfg = llama_config(vocab_size=model.vocab_size, hidden_size=model.hidden_size,
-                       num_layers=model.num_layers, intermediate_size=model.intermediate_size,
-                       num_heads=model.num_heads)
-    write_family(zoo, cfg, list(VARIANTS), dtype="bfloat16", shard_size=model.shard_size)
-    marker.write_text(json.dumps(model.key()))  # last: a crash above leaves no marker
-    print(f"zoo: built in {time.perf_counter() - t:.1f} s", flush=True)
-    return dirs
-
-
-def write_recipes(zoo: dict[str, Path], out: Path, variants: list[str]) -> dict[str, Path]:
-    """mergekit YAML for each method; the same file is given to both tools."""
-    srcs = [str(zoo[v]) for v in variants]
-    sparse = [{"model": s, "parameters": {"weight": 0.4, "density": 0.5}} for s in srcs]
-    configs = {
-        "linear": {"merge_method": "linear", "dtype": "bfloat16",
-                   "models": [{"model": s, "parameters": {"weight": 0.34}} for s in srcs]},
-        "ties": {"merge_method": "ties", "base_model": str(zoo["base"]), "dtype": "bfloat16",
-                 "models": sparse},
-        "dare_ties": {"merge_method": "dare_ties", "base_model": str(zoo["base"]),
-                      "dtype": "bfloat16", "models": sparse},
-    }
-    paths = {}
-    for method, cfg in configs.items():
-        paths[method] = out / f"{method}.yaml"
-        paths[method].write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return paths
 
 
 def real_zoo(root: Path) -> tuple[dict[str, Path], tuple[str, ...], int, str]:
@@ -181,50 +109,6 @@ def run_once(cmd: list[str], log: Path) -> tuple[float, float, int]:
 def tail(path: Path, n: int = 25) -> str:
     lines = path.read_text(errors="replace").splitlines() if path.exists() else []
     return "\n".join(lines[-n:])
-
-
-def copy_bandwidth(nbytes: int = 256 * 2**20, tries: int = 7) -> float:
-    """Best memcpy bandwidth in bytes/s, counting bytes read plus bytes written."""
-    import torch
-
-    src = torch.ones(nbytes, dtype=torch.uint8)
-    dst = torch.empty_like(src)
-    dst.copy_(src)  # fault the pages in
-    best = float("inf")
-    for _ in range(tries):
-        t = time.perf_counter()
-        dst.copy_(src)
-        best = min(best, time.perf_counter() - t)
-    return 2 * nbytes / best
-
-
-def weight_bytes(d: Path) -> int:
-    return sum(f.stat().st_size for f in d.glob("*.safetensors"))
-
-
-def machine_info() -> list[str]:
-    import torch
-
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                if ln.startswith("model name")), platform.processor() or "?")
-    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-
-    def version(pkg: str) -> str:
-        try:
-            return importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            return "absent"
-
-    git = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
-                         text=True, cwd=Path(__file__).resolve().parent.parent)
-    return [
-        f"CPU: {cpu}, nproc {len(os.sched_getaffinity(0))} (os.cpu_count {os.cpu_count()}), "
-        f"{mem_gib:.0f} GiB RAM, {platform.system()} {platform.release()}",
-        f"Python {platform.python_version()}, torch {torch.__version__} "
-        f"(torch.get_num_threads {torch.get_num_threads()}), transformers "
-        f"{version('transformers')}, mergekit {version('mergekit')}, evomerge "
-        f"{version('evomerge')} (git {git.stdout.strip() or '?'})",
-    ]
 
 
 def fmt(x: float | None, spec: str) -> str:

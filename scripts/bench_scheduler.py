@@ -57,10 +57,8 @@ def main() -> None:
 
     import yaml
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_merge import machine_info
-
-    from evomerge.run import SearchRun
+    from evomerge.benchmarking import machine_info
+    from evomerge.run.search_run import SearchRun
 
     info = machine_info()
     for line in info:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import yaml
 
+from evomerge.benchmarking import score_recipes
+
 SKILLS = ("add", "rev", "sort")
 
 
@@ -50,7 +52,8 @@ def quickstart(zoo: Path, budget: int, seed: int, controller: dict,
 
 
 def run(cfg: dict, folder: Path, name: str) -> dict:
-    from evomerge.run import SearchRun, report
+    from evomerge.run.report import report
+    from evomerge.run.search_run import SearchRun
 
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -90,37 +93,6 @@ def hand_set(zoo: Path) -> list[tuple[str, dict]]:
           "parameters": {"normalize": True}}),
     ]
     return recipes
-
-
-def score_recipes(zoo: Path, recipes: list[tuple[str, dict | Path]], tasks: list[str],
-                  batch_size: int = 256) -> list[tuple[str, dict]]:
-    """Each recipe built by `evomerge merge`'s engine (or a model directory as it is) and
-    scored by lm-eval on `tasks` (files under zoo/tasks): {skill: acc}."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from evomerge.evaluate.base import build_evaluator
-    from evomerge.evaluate.specs import LMEvalSpec
-    from evomerge.merge.streaming import MergeOptions, merge_to_directory
-    from evomerge.recipe import Recipe
-
-    spec = LMEvalSpec.model_validate({
-        "name": "s", "kind": "lm_eval", "include_path": [str(zoo / "tasks")],
-        "tasks": tasks, "heldout_tasks": tasks, "batch_size": batch_size})
-    ev = build_evaluator(spec, "<results>")
-    out = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, r in recipes:
-            d = Path(tmp) / "m"
-            if isinstance(r, Path):
-                d = r
-            else:
-                merge_to_directory(Recipe.from_dict(r), d, MergeOptions(overwrite=True))
-            model = AutoModelForCausalLM.from_pretrained(d, dtype="float32").eval()
-            tok = AutoTokenizer.from_pretrained(d)
-            m = ev.evaluate(model, tok, "heldout").metrics
-            out.append((name, {t.rsplit("_", 1)[0]: m[f"{t}/acc"] for t in tasks}))
-            print(f"scored {name}: {out[-1][1]}", flush=True)
-    return out
 
 
 def mean_se(values: list[float]) -> str:

@@ -170,8 +170,9 @@ def bare_accuracy(seed: int, budget: int, marks: tuple[int, ...], runs: Path
     if cache.exists():
         return {int(k): v for k, v in json.loads(cache.read_text()).items()}
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    code = (f"import json, sys; sys.path.insert(0, {str(ROOT / 'scripts')!r}); "
-            f"from reproduce_digits import bare_loop; "
+    # this file, loaded by its path with runpy (no import-path change; `main` does not run)
+    code = (f"import json, runpy; "
+            f"bare_loop = runpy.run_path({str(Path(__file__).resolve())!r})['bare_loop']; "
             f"print(json.dumps(bare_loop({budget}, {seed}, {tuple(marks)!r})[1]))")
     out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
                          capture_output=True, text=True).stdout

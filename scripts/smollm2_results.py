@@ -40,9 +40,7 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_merge import machine_info  # noqa: E402
-from quickstart_results import score_recipes  # noqa: E402
+from evomerge.benchmarking import machine_info, score_recipes
 
 ROOT = Path(__file__).resolve().parent.parent
 SKILLS = ("add", "french", "add_french")
@@ -55,7 +53,7 @@ def evomerge_bin(name: str) -> str:
 
 def search(cfg: dict, run_dir: Path, label: str) -> dict:
     """`evomerge search` on `cfg` (written beside the run), unless a finished run is there."""
-    from evomerge.run import report
+    from evomerge.run.report import report
 
     data = _report(run_dir)
     if data is None or data["trials"] < cfg["budget"]:
@@ -72,14 +70,15 @@ def search(cfg: dict, run_dir: Path, label: str) -> dict:
         raise SystemExit(f"{run_dir}: no full-fidelity trial; raise the budget")
     if not (run_dir / "best" / "config.json").exists():  # a run made without export_best
         from evomerge.export import export_into_run
-        from evomerge.run import SearchRun
+        from evomerge.run.directory import RunDirectory
 
-        export_into_run(SearchRun.open(run_dir), run_dir / "best")
+        files = RunDirectory.existing(run_dir)
+        export_into_run(files, files.read_config(), run_dir / "best")
     return data
 
 
 def _report(run_dir: Path) -> dict | None:
-    from evomerge.run import report
+    from evomerge.run.report import report
 
     try:
         return report(run_dir)
@@ -378,7 +377,7 @@ def render(command: str, info: list[str], meta: dict, equal: list[dict],
                           "sit where an expert's task-vector magnitude ties its top-k threshold "
                           "(k = int(0.5·n)). There mergekit keeps whichever tied entries its "
                           "argsort puts first, evomerge the lowest indices (docs/design.md §3; "
-                          "evomerge.merge.methods); fine-tuning from de-quantised weights makes "
+                          "evomerge.kernels.float32); fine-tuning from de-quantised weights makes "
                           "such ties common, where random synthetic weights have none."]
         extra = {(r["method"], r["dtype"]): (r["only_evomerge"], r["only_mergekit"])
                  for r in equal if r["only_evomerge"] or r["only_mergekit"]}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from evomerge.run import SearchRun
+from evomerge.run.search_run import SearchRun
 from evomerge.search_config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from evomerge.merge.methods import slerp
+from evomerge.kernels.float32 import slerp
 from evomerge.search.cmaes import CMAES, CMAESSettings
 from evomerge.search.m2n2 import M2N2, FlatIndividuals, M2N2Settings, SeedMixtures
 from evomerge.search.optuna_search import OptunaSearch

@@ -12,7 +12,8 @@ import pytest
 import torch
 from pydantic import TypeAdapter
 
-from evomerge.evaluate.base import EvaluatorError, ForwardTimer, build_evaluator
+from evomerge.evaluate.base import EvaluatorError, ForwardTimer
+from evomerge.evaluate.registry import build_evaluator
 from evomerge.evaluate.specs import EvaluatorSpec
 
 

@@ -71,3 +71,15 @@ def test_the_drift_report_names_each_package_that_moved(tmp_path):
     assert f"numpy {version('numpy')} (tested: 0.0.1)" in out
     assert "pyyaml" not in out and "torch" not in out and "pip " not in out
     assert f"ray {version('ray')} (not in constraints.txt)" in out
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "scripts").glob("*.py")))
+def test_each_script_runs_its_help_from_anywhere(script, tmp_path):
+    """The scripts share `evomerge.benchmarking` through a plain import, never by putting
+    `scripts/` on the import path, so `python scripts/NAME.py` works from any directory."""
+    path = ROOT / "scripts" / script
+    assert "sys.path" not in path.read_text()
+    out = subprocess.run([sys.executable, str(path), "--help"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"usage: {script}")

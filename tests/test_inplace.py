@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from evomerge.merge.directory import merge_to_directory
+from evomerge.merge.errors import MergeError
 from evomerge.merge.inplace import CandidateBuilder
-from evomerge.merge.streaming import MergeError, merge_to_directory
 from evomerge.recipe import Recipe
 
 from .test_merge_cli import load_dir

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from evomerge.cli import app
-from evomerge.merge import methods as M
+from evomerge.kernels import float32 as M
 
 from .conftest import write_yaml
 
@@ -101,7 +101,7 @@ def test_dare_is_reproducible_from_the_recipe_seed(zoo, tmp_path):
         r = write_yaml(tmp_path / f"dare{seed}{name}.yaml", {
             "method": "dare_ties", "base": str(zoo["base"]), "seed": seed,
             "sources": [{"model": str(zoo[k]), "parameters": {"density": 0.3}} for k in "abc"]})
-        run_cli("merge", r, tmp_path / name, "--workers", "2")
+        run_cli("merge", r, tmp_path / name, "--threads", "2")
         return load_dir(tmp_path / name)
 
     one, two, other = merged(1, "x"), merged(1, "y"), merged(2, "z")
@@ -268,7 +268,7 @@ def test_existing_output_needs_overwrite_and_is_replaced_whole(zoo, tmp_path):
 
 def test_help_documents_every_option():
     text = run_cli("merge", "--help").output
-    for opt in ("--device", "--shard-size", "--workers", "--overwrite", "--allow-nonfinite",
+    for opt in ("--device", "--shard-size", "--threads", "--overwrite", "--allow-nonfinite",
                 "--allow-pickle", "--allow-download", "--progress"):
         assert opt in text
 

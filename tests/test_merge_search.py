@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import yaml
 
-from evomerge.run import SearchRun, report
+from evomerge.run.report import report
+from evomerge.run.search_run import SearchRun
 from evomerge.search_config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,7 +85,7 @@ def test_m2n2_seed_mixtures_compete_on_per_sample_scores(zoo, tasks_dir, tmp_pat
 def test_the_selection_cache_changes_speed_only(zoo, tasks_dir, tmp_path):
     """The same search with the selection cache on (default) and off gives the same trials."""
     from evomerge.search_config import load_config
-    from evomerge.tasks.base import build_task
+    from evomerge.tasks.registry import build_task
 
     space = {"kind": "ps", "methods": ["ties", "dare_ties"], "groups": 2}
     runs = []
@@ -203,7 +204,7 @@ def test_demo_config_search_kill_resume_report_export(tmp_path):
     directory loads with transformers and scores what the log says."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from evomerge.evaluate.base import build_evaluator
+    from evomerge.evaluate.registry import build_evaluator
     from evomerge.search_config import load_config
 
     assert _cli("build-zoo", "zoo", cwd=tmp_path).returncode == 0
@@ -261,7 +262,7 @@ def test_demo_config_search_kill_resume_report_export(tmp_path):
 def test_m2n2_whose_every_evaluation_fails_stops_with_the_cause(zoo, tasks_dir, tmp_path):
     """No initial member scores, so M2N2 has no parents: it asks initial members again until
     the all-failed rule stops the run, naming the evaluator's error."""
-    from evomerge.run import RunError
+    from evomerge.run.errors import RunError
 
     (tmp_path / "broken.py").write_text(
         "def score(model, tokenizer, split):\n    raise RuntimeError('no GPU here')\n")

@@ -18,7 +18,9 @@ from typer.testing import CliRunner
 
 from evomerge.cli import app
 from evomerge.mergekit_yaml import recipe_from_mergekit, recipe_to_mergekit
-from evomerge.recipe import Recipe, RecipeError, TensorSite, load_recipe
+from evomerge.models.architecture import TensorSite
+from evomerge.recipe import Recipe, RecipeError
+from evomerge.recipe_file import load_recipe
 
 from .conftest import write_yaml
 
@@ -197,7 +199,7 @@ def test_tokenizer_source_over_different_vocabularies_is_refused(zoo, tmp_path, 
 
 def test_chat_template_auto_takes_the_commonest_and_names_need_mergekit(zoo, tmp_path,
                                                                         monkeypatch):
-    from evomerge.merge.streaming import MergeError
+    from evomerge.merge.errors import MergeError
     from evomerge.merge.tokenizer import chat_template_text
     from evomerge.models.source import SourceModel
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evomerge.merge import methods as M
+from evomerge.kernels import float32 as M
 
 
 def T(*v) -> torch.Tensor:
@@ -157,16 +157,16 @@ def test_methods_leave_their_inputs_untouched():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_cheap_finiteness_check_agrees_with_isfinite(dtype):
-    from evomerge.merge.streaming import _all_finite
+    from evomerge.merge.tensors import all_finite
 
     x = torch.randn(1000).to(dtype)
-    assert _all_finite(x)
+    assert all_finite(x)
     for bad in (float("nan"), float("inf"), float("-inf")):
         y = x.clone()
         y[537] = bad
-        assert not _all_finite(y)
+        assert not all_finite(y)
     if dtype != torch.float32:
-        assert _all_finite(torch.full((10,), torch.finfo(dtype).max, dtype=dtype))
+        assert all_finite(torch.full((10,), torch.finfo(dtype).max, dtype=dtype))
 
 
 def test_cached_selections_equal_computed_ones_bit_for_bit():

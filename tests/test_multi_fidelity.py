@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evomerge.run import SearchRun, report
+from evomerge.run.report import report
+from evomerge.run.search_run import SearchRun
 from evomerge.search_config import ConfigError, load_config
 
 from .conftest import write_yaml

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evomerge.run import RunError, SearchRun
+from evomerge.run.errors import RunError
+from evomerge.run.search_run import SearchRun
 from evomerge.search.optuna_search import JOURNAL, OptunaSearch
 from evomerge.search.protocol import Candidate, Result
 

@@ -138,7 +138,7 @@ def test_exported_trials_name_no_machine_paths_and_merge_again(zoo, tmp_path, mo
     """`evomerge export`: the search config froze absolute paths; the exported model
     directory's README.md, evomerge_recipe.yaml and mergekit_config.yml must not carry them."""
     from evomerge.export import export
-    from evomerge.run import SearchRun
+    from evomerge.run.search_run import SearchRun
 
     docs = tmp_path / "docs.txt"
     docs.write_text("".join(f"w{i} w{i + 1} w{i + 2} w{i + 3}\n" for i in range(8)))

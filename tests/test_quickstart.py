@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evomerge.models.skill_zoo import EXPERTS, SKILLS
-from evomerge.run import SearchRun, report
+from evomerge.models.skill_data import SKILLS
+from evomerge.models.skill_zoo import EXPERTS
+from evomerge.run.report import report
+from evomerge.run.search_run import SearchRun
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ("add", "rev", "sort")
@@ -30,7 +32,7 @@ def test_experts_are_specialists_over_a_weak_base(skill_zoo):
 
 
 def test_tasks_have_large_disjoint_splits_scored_two_ways(skill_zoo):
-    from evomerge.evaluate.base import build_evaluator
+    from evomerge.evaluate.registry import build_evaluator
     from evomerge.evaluate.specs import LMEvalSpec
 
     for skill in SKILLS:

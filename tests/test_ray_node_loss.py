@@ -24,9 +24,9 @@ import pytest
 from typer.testing import CliRunner
 
 from evomerge.cli import app
+from evomerge.executors.ray_executor import NoWorkersError
 from evomerge.progress import Progress
-from evomerge.run import SearchRun
-from evomerge.workers.ray_executor import NoWorkersError
+from evomerge.run.search_run import SearchRun
 
 from .conftest import write_yaml
 
@@ -230,8 +230,8 @@ def test_a_run_failing_at_its_first_checkpoint_stops_its_ray(tmp_path, monkeypat
 
 
 def test_the_placement_grace_period_is_configured_and_checked(tmp_path):
+    from evomerge.executors.registry import ray_settings
     from evomerge.search_config import ConfigError, load_config
-    from evomerge.workers import ray_settings
 
     cfg = load_config(synthetic_config(tmp_path / "a.yaml", budget=2))
     assert ray_settings(cfg).placement_timeout_s == 300  # a few minutes by default

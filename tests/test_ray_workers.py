@@ -19,7 +19,8 @@ import pytest
 from typer.testing import CliRunner
 
 from evomerge.cli import app
-from evomerge.run import SearchRun, report
+from evomerge.run.report import report
+from evomerge.run.search_run import SearchRun
 
 from .conftest import write_yaml
 
@@ -265,9 +266,9 @@ def test_cuda_candidates_get_one_gpu_per_actor_up_to_the_device(tmp_path, slow_s
     clear refusal when the machine has no CUDA (GPU runs: results/ when a device is lent)."""
     import yaml
 
+    from evomerge.executors.ray_executor import actor_config
+    from evomerge.executors.registry import ray_settings
     from evomerge.search_config import load_config
-    from evomerge.workers import ray_settings
-    from evomerge.workers.ray_executor import actor_config
 
     make, _ = slow_search
     data = yaml.safe_load(make(budget=4).read_text())

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from evomerge.recipe import Recipe, RecipeError, TensorSite, evaluate_value
+from evomerge.models.architecture import TensorSite
+from evomerge.recipe import Recipe, RecipeError, evaluate_value
 
 
 def _ties(**kw) -> dict:
@@ -44,7 +45,8 @@ def test_yaml_round_trip_is_identity():
 
 
 def test_recipe_module_does_not_import_torch():
-    code = "import sys, evomerge.recipe, evomerge.mergekit_yaml; print('torch' in sys.modules)"
+    code = ("import sys, evomerge.recipe, evomerge.mergekit_yaml, evomerge.recipe_file; "
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

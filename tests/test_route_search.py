@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from evomerge.cli import app
 from evomerge.merge.routed import RouteBuilder
-from evomerge.run import SearchRun, report
+from evomerge.run.report import report
+from evomerge.run.search_run import SearchRun
 from evomerge.search_config import ConfigError
 
 from .test_merge_search import log_lines, merge_config, write_config
@@ -52,7 +53,7 @@ def test_dfs_search_scores_routes_and_exports_them(zoo, tasks_dir, tmp_path):
     # the exported checkpoint is the model the search scored
     from transformers import AutoModelForCausalLM
 
-    from evomerge.recipe import load_recipe
+    from evomerge.recipe_file import load_recipe
 
     recipe = load_recipe(tmp_path / "best" / "evomerge_recipe.yaml")
     ids = torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(0))

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from evomerge.merge.directory import merge_to_directory
+from evomerge.merge.errors import MergeError
+from evomerge.merge.options import MergeOptions
 from evomerge.merge.routed import RouteBuilder
-from evomerge.merge.streaming import MergeError, MergeOptions, merge_to_directory
 from evomerge.recipe import Recipe
 
 from .route_families import FAMILIES, load, reference_logits, write_model

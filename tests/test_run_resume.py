@@ -16,7 +16,9 @@ import pytest
 from typer.testing import CliRunner
 
 from evomerge.cli import app
-from evomerge.run import RunError, SearchRun, as_logged, decode_scores, encode_scores
+from evomerge.run.errors import RunError
+from evomerge.run.search_run import SearchRun
+from evomerge.run.trial_log import as_logged, decode_scores, encode_scores
 
 from .conftest import write_yaml
 
@@ -201,7 +203,7 @@ def test_resume_refuses_a_logged_trial_of_another_genome(tmp_path):
 
 def test_a_config_diff_names_what_the_two_controllers_read(tmp_path):
     """Another controller's defaults are no difference: the kind comes first."""
-    from evomerge.run import config_diff
+    from evomerge.run.search_run import config_diff
     from evomerge.search_config import load_config
 
     optuna = load_config(config(tmp_path, "a.yaml", kind="optuna"))

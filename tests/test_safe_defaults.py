@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from evomerge.cli import app
 from evomerge.progress import Progress
-from evomerge.run import SearchRun
+from evomerge.run.search_run import SearchRun
 from evomerge.search_config import ConfigError
 
 from .conftest import write_yaml
@@ -84,12 +84,11 @@ def test_optuna_at_high_dimension_is_refused_before_anything_is_written(tmp_path
     assert not (tmp_path / "run").exists()
     # allowed on request, with a warning that says what it costs (not run here: at this
     # size Optuna takes minutes per trial on this machine)
-    from evomerge.run import check_dimension
     from evomerge.search_config import load_config
 
     cfg = digits(tmp_path, {"kind": "optuna", "allow_high_dimension": True}, name="allow.yaml")
     with caplog.at_level("WARNING"):
-        check_dimension(load_config(cfg), DIGITS_GENES, str(cfg))
+        load_config(cfg).controller.check_dimension(DIGITS_GENES, str(cfg))
     assert "Optuna on 19210 genes; the study's journal grows by ~6.0 MiB per trial" in caplog.text
 
 

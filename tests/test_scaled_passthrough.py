@@ -21,10 +21,13 @@ import yaml
 from typer.testing import CliRunner
 
 from evomerge.cli import app
+from evomerge.merge.directory import merge_to_directory
+from evomerge.merge.errors import MergeError
+from evomerge.merge.options import MergeOptions
 from evomerge.merge.routed import RouteBuilder
-from evomerge.merge.streaming import MergeError, MergeOptions, merge_to_directory
 from evomerge.mergekit_yaml import recipe_from_mergekit, recipe_to_mergekit
-from evomerge.recipe import Recipe, RecipeError, load_recipe
+from evomerge.recipe import Recipe, RecipeError
+from evomerge.recipe_file import load_recipe
 
 from .route_families import FAMILIES, load, write_model
 from .test_merge_cli import load_dir

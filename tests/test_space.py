@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evomerge.recipe import Recipe, RouteHop, TensorSite
+from evomerge.models.architecture import TensorSite
+from evomerge.recipe import Recipe, RouteHop
 from evomerge.space.base import Space
 from evomerge.space.dataflow import DataFlowSpace
 from evomerge.space.flat import FlatSpace

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from evomerge.merge import methods as M
-from evomerge.merge.streaming import merge_to_directory
+from evomerge.kernels import float32 as M
+from evomerge.merge.directory import merge_to_directory
 from evomerge.space.parameter import ParameterSpace
 
 from .test_merge_cli import load_dir

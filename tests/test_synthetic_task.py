@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from evomerge.run import SearchRun
+from evomerge.run.search_run import SearchRun
 from evomerge.search_config import SearchConfig
-from evomerge.tasks.base import build_task
+from evomerge.tasks.registry import build_task
 
 from .conftest import write_yaml
 

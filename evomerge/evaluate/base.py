@@ -47,24 +47,14 @@ class Evaluator(ABC):
         self.name = name
 
     @abstractmethod
-    def metrics(self) -> list[str]: ...
+    def metrics(self) -> list[str]:
+        """Metric names this evaluator reports, so configs can be checked before any run."""
 
     @abstractmethod
     def evaluate(self, model: Any, tokenizer: Any, split: Split, fraction: float = 1.0
                  ) -> Evaluation:
         """Metrics and per-sample scores; `fraction` < 1 scores the leading share of the
         search split only (multi-fidelity rungs)."""
-
-
-def build_evaluator(spec: Any, origin: str = "<config>") -> Evaluator:
-    """The evaluator a spec describes (one seam for every kind)."""
-    from evomerge.evaluate import classification, lm_eval_harness, perplexity, user_callable
-
-    kinds = {"lm_eval": lm_eval_harness.LMEvalEvaluator,
-             "perplexity": perplexity.PerplexityEvaluator,
-             "classification": classification.ClassificationEvaluator,
-             "callable": user_callable.CallableEvaluator}
-    return kinds[spec.kind](spec, origin)
 
 
 class ForwardTimer:
@@ -86,6 +76,7 @@ class ForwardTimer:
         self.calls += 1
 
     def close(self) -> None:
+        """Remove the hooks, so the model runs untimed again."""
         for h in self._handles:
             h.remove()
 
@@ -131,6 +122,7 @@ def split_records(spec: Any, where: str) -> dict[Split, list[dict[str, Any]]]:
 
 
 def field_of(rec: dict[str, Any], name: str, path: str, index: int) -> Any:
+    """A field of a data item, or an error naming the file and item when it is missing."""
     if name not in rec:
         raise EvaluatorError(f"{path}: item {index} has no field {name!r}")
     return rec[name]

@@ -25,6 +25,7 @@ from evomerge.evaluate.scoring import continuation_logprobs
 
 
 class ClassificationEvaluator(Evaluator):
+    """Accuracy of a causal LM that picks, per item, the label most likely after its prompt."""
     def __init__(self, spec: Any, origin: str = "<config>"):
         super().__init__(spec.name)
         self.spec = spec
@@ -53,6 +54,7 @@ class ClassificationEvaluator(Evaluator):
         self._pairs: dict[Split, list[tuple[list[int], list[int]]]] | None = None
 
     def metrics(self) -> list[str]:
+        """Accuracy, and the true label's probability among the labels (a smoother signal)."""
         return ["accuracy", "p_label"]
 
     def _tokenised(self, tokenizer: Any) -> dict[Split, list[tuple[list[int], list[int]]]]:
@@ -72,6 +74,7 @@ class ClassificationEvaluator(Evaluator):
 
     def evaluate(self, model: Any, tokenizer: Any, split: Split, fraction: float = 1.0
                  ) -> Evaluation:
+        """Score every label after every prompt; per item, correct or not and p(true label)."""
         items = self.items[split][:leading(len(self.items[split]), fraction)]
         pairs = self._tokenised(tokenizer)[split][:len(items) * len(self.labels)]
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -22,6 +22,7 @@ N_PARAMS = N_IN * N_HIDDEN + N_HIDDEN + N_HIDDEN * N_OUT + N_OUT  # 19,210
 
 @dataclass(frozen=True)
 class DigitsData:
+    """The digits images and labels, cut into the search (train) and held-out (test) splits."""
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
@@ -29,6 +30,7 @@ class DigitsData:
 
 
 def load_data() -> DigitsData:
+    """sklearn's digits, the first 80% as the search split and the rest held out (no shuffle)."""
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
@@ -38,6 +40,7 @@ def load_data() -> DigitsData:
 
 
 def unflatten(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The MLP's W1, b1, W2, b2 as views of a flat genome (for training by backprop)."""
     if theta.shape != (N_PARAMS,):
         raise ValueError(f"genome: expected {N_PARAMS} parameters, got shape {theta.shape}")
     i = 0
@@ -56,6 +59,7 @@ def with_bias_column(x: np.ndarray) -> np.ndarray:
 
 
 def logits(theta: np.ndarray, x_with_bias: np.ndarray) -> np.ndarray:
+    """The MLP's class scores for inputs that carry the bias column (see with_bias_column)."""
     theta = np.asarray(theta, dtype=np.float32)
     if theta.shape != (N_PARAMS,):
         raise ValueError(f"genome: expected {N_PARAMS} parameters, got shape {theta.shape}")
@@ -69,6 +73,7 @@ def logits(theta: np.ndarray, x_with_bias: np.ndarray) -> np.ndarray:
 
 
 def predict(theta: np.ndarray, x_with_bias: np.ndarray) -> np.ndarray:
+    """The MLP's predicted class per input (inputs carry the bias column)."""
     return np.argmax(logits(theta, x_with_bias), axis=1)
 
 
@@ -103,6 +108,7 @@ class DigitsEvaluator:
 
     @property
     def n_samples(self) -> int:
+        """Size of the search split, which is how many per-sample scores a genome gets."""
         return len(self.data.y_train)
 
     def predictions(self, theta: np.ndarray) -> np.ndarray:
@@ -111,10 +117,12 @@ class DigitsEvaluator:
         return predict(theta, self._x_train)
 
     def heldout_accuracy(self, theta: np.ndarray) -> float:
+        """Accuracy on the held-out split, which the search never sees."""
         return float(np.mean(predict(theta, self._x_test) == self.data.y_test))
 
     def evaluate(self, theta: np.ndarray, fraction: float = 1.0
                  ) -> tuple[dict[str, float], np.ndarray]:
+        """Accuracy on the search split's leading share, with per-sample scores of `scores` kind."""
         k = leading(len(self.data.y_train), fraction)
         out = logits(theta, self._x_train[:k])
         y = self.data.y_train[:k]
@@ -125,6 +133,7 @@ class DigitsEvaluator:
         return {"accuracy": accuracy}, p_correct(out, y).astype(np.float32)
 
     def heldout(self, theta: np.ndarray) -> dict[str, float]:
+        """Held-out accuracy as a metrics dict, for re-scoring the front."""
         return {"accuracy": self.heldout_accuracy(theta)}
 
 

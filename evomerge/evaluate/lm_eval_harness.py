@@ -92,6 +92,7 @@ class _Side:
 
 
 class LMEvalEvaluator(Evaluator):
+    """Scores a live model on lm-eval harness tasks, their task objects built once per worker."""
     def __init__(self, spec: Any, origin: str = "<config>"):
         super().__init__(spec.name)
         self.spec = spec
@@ -183,6 +184,7 @@ class LMEvalEvaluator(Evaluator):
         return out
 
     def metrics(self) -> list[str]:
+        """The tasks' `task/metric[,filter]` names, plus p_correct / p_answer where they apply."""
         return list(self._metrics)
 
     @staticmethod
@@ -215,6 +217,7 @@ class LMEvalEvaluator(Evaluator):
 
     def evaluate(self, model: Any, tokenizer: Any, split: Split, fraction: float = 1.0
                  ) -> Evaluation:
+        """Run simple_evaluate on the split's documents; per-sample scores from its sample logs."""
         import lm_eval
 
         side = self.sides[split]

@@ -26,6 +26,7 @@ from evomerge.evaluate.scoring import continuation_logprobs, windows
 
 
 class PerplexityEvaluator(Evaluator):
+    """How well a model predicts the documents of a text or jsonl file (perplexity, NLL)."""
     def __init__(self, spec: Any, origin: str = "<config>"):
         super().__init__(spec.name)
         self.spec = spec
@@ -36,6 +37,7 @@ class PerplexityEvaluator(Evaluator):
         self._ids: dict[Split, list[list[int]]] | None = None
 
     def metrics(self) -> list[str]:
+        """Perplexity, and the token-weighted mean NLL it is the exponential of."""
         return ["perplexity", "nll"]
 
     def _tokenised(self, tokenizer: Any) -> dict[Split, list[list[int]]]:
@@ -49,6 +51,7 @@ class PerplexityEvaluator(Evaluator):
 
     def evaluate(self, model: Any, tokenizer: Any, split: Split, fraction: float = 1.0
                  ) -> Evaluation:
+        """NLL of each document over forward windows; per document, its mean token probability."""
         docs = self._tokenised(tokenizer)[split]
         docs = docs[:leading(len(docs), fraction)]
         pairs, owner = [], []

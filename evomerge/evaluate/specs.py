@@ -31,6 +31,7 @@ class _SplitFiles(_Spec):
 
 
 class LMEvalSpec(_Spec):
+    """Config of an lm-eval harness evaluator: tasks, held-out split, HFLM and lm-eval options."""
     kind: Literal["lm_eval"]
     tasks: list[str] = Field(min_length=1, description="task names or task YAML paths")
     # held-out split: the same tasks' last documents, or other tasks (same order, same

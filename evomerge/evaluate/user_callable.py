@@ -17,6 +17,7 @@ from evomerge.evaluate.base import Evaluation, Evaluator, EvaluatorError, Split
 
 
 class CallableEvaluator(Evaluator):
+    """Scores a model with the user's own `module:function`, imported once at construction."""
     def __init__(self, spec: Any, origin: str = "<config>"):
         super().__init__(spec.name)
         self.spec = spec
@@ -41,10 +42,12 @@ class CallableEvaluator(Evaluator):
         self.fn = obj
 
     def metrics(self) -> list[str]:
+        """The metrics the config declares the function returns."""
         return list(self.spec.metrics)
 
     def evaluate(self, model: Any, tokenizer: Any, split: Split, fraction: float = 1.0
                  ) -> Evaluation:
+        """Call the function and check it returned every declared metric."""
         extra = {"fraction": fraction} if fraction < 1 else {}
         out = self.fn(model, tokenizer, split=split, **extra, **self.spec.options)
         metrics, samples = (out if isinstance(out, tuple) and len(out) == 2 else (out, {}))

@@ -1,1 +1,3 @@
-"""Merge methods, per-tensor dispatch, and the materialisers that build merged models."""
+"""Recipe → weights: per-tensor dispatch through the method registry, the two directory
+writers (parameter merges, layer routes) and the two live-model builders (docs/design.md §3,
+§4)."""

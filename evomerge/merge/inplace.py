@@ -20,17 +20,13 @@ from typing import Any
 
 import torch
 
+from evomerge.merge.errors import MergeError
+from evomerge.merge.options import MergeOptions
 from evomerge.merge.selection_cache import SelectionCache
-from evomerge.merge.streaming import (
-    _TORCH_DTYPES,
-    MergeError,
-    MergeOptions,
-    _all_finite,
-    _numel,
-    check_compatible,
-    open_models,
-)
+from evomerge.merge.sources import check_compatible, open_models
 from evomerge.merge.tensor_merge import merge_tensor
+from evomerge.merge.tensors import TORCH_DTYPES, all_finite, numel
+from evomerge.merge_methods import get_method
 from evomerge.models.architecture import count_layers, tensor_site
 from evomerge.recipe import Recipe
 
@@ -50,12 +46,13 @@ def check_sources_and_dtype(recipe: Recipe, sources: list[str], dtype: torch.dty
     refs = [s.model for s in recipe.sources]
     if refs != sources:
         raise MergeError(f"sources: {refs} are not this builder's sources {sources}")
-    if recipe.dtype is not None and _TORCH_DTYPES[recipe.dtype] != dtype:
+    if recipe.dtype is not None and TORCH_DTYPES[recipe.dtype] != dtype:
         raise MergeError(f"dtype: recipe asks for {recipe.dtype}, the live model is {dtype}")
 
 
 @dataclass
 class BuildStats:
+    """What the last build cost (time, tensors, bytes read and written), kept as `last`."""
     seconds: float
     tensors: int
     bytes_read: int
@@ -73,7 +70,7 @@ class CandidateBuilder:
     """
 
     def __init__(self, base: str | None, sources: list[str], dtype: str | None = None,
-                 device: str = "cpu", workers: int = 2, allow_pickle: bool = False,
+                 device: str = "cpu", threads: int = 2, allow_pickle: bool = False,
                  allow_download: bool = False, cache_bytes: int | None = None):
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise MergeError(f"device: {device} requested but CUDA is not available")
@@ -93,10 +90,10 @@ class CandidateBuilder:
             self.config = dict(ref.config)
             self.num_layers = count_layers(list(ref.entries), ref.config)
             self.names = [n for n, e in ref.entries.items() if e.dtype.is_floating_point]
-            # Largest first, as in the streaming merge: big tensors overlap on the workers.
-            self.names.sort(key=lambda n: -_numel(ref.entries[n].shape))
+            # Largest first, as in the streaming merge: big tensors overlap on the threads.
+            self.names.sort(key=lambda n: -numel(ref.entries[n].shape))
             self.stored_dtype = ref.entries[self.names[0]].dtype if self.names else None
-            self.dtype = _TORCH_DTYPES[dtype] if dtype else self.stored_dtype
+            self.dtype = TORCH_DTYPES[dtype] if dtype else self.stored_dtype
             self._preflight(models, source_ms, base_m is not None)
             self.base = ({n: base_m.read(n).to(self.device) for n in self.names}
                          if base_m else None)
@@ -114,9 +111,9 @@ class CandidateBuilder:
         self.params = self._live_parameters()
         self.cache = SelectionCache(available_memory(self.device) // 2
                                     if cache_bytes is None else cache_bytes)
-        self.workers = 1 if self.device.type == "cuda" else max(1, workers)
-        self._pool = (ThreadPoolExecutor(self.workers, initializer=torch.set_num_threads,
-                                         initargs=(1,)) if self.workers > 1 else None)
+        self.threads = 1 if self.device.type == "cuda" else max(1, threads)
+        self._pool = (ThreadPoolExecutor(self.threads, initializer=torch.set_num_threads,
+                                         initargs=(1,)) if self.threads > 1 else None)
         self.last: BuildStats | None = None
 
     # --- setup --------------------------------------------------------------------------
@@ -170,7 +167,7 @@ class CandidateBuilder:
             raise MergeError(f"base: {recipe.base!r} is not this builder's base "
                              f"{self.base_ref!r}")
         check_sources_and_dtype(recipe, self.source_refs, self.dtype)
-        if recipe.base is None and recipe.method not in ("linear", "slerp"):
+        if recipe.base is None and get_method(recipe.method).needs_base:
             raise MergeError(f"base: method {recipe.method!r} needs a base model")
 
     def build(self, recipe: Recipe) -> Any:
@@ -187,7 +184,7 @@ class CandidateBuilder:
                                    cache=self.cache)
             except ValueError as exc:
                 raise MergeError(f"tensor {name}: {exc}") from None
-            if not _all_finite(out):
+            if not all_finite(out):
                 raise MergeError(f"tensor {name}: the merge produced NaN or Inf")
             self.params[name].data.copy_(out)
             return out.numel() * out.element_size()
@@ -208,11 +205,13 @@ class CandidateBuilder:
         return self.model
 
     def tokenizer(self) -> Any:
+        """The tokenizer of the base (else the first source), which the evaluators use."""
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(self.ref_path)
 
     def close(self) -> None:
+        """Stop the merge thread pool."""
         if self._pool is not None:
             self._pool.shutdown()
 

@@ -17,25 +17,30 @@ from pathlib import Path
 import torch
 
 from evomerge.atomic import directory_atomic
-from evomerge.merge.routing import RoutePlan
-from evomerge.merge.streaming import (
-    _TORCH_DTYPES,
-    MergeOptions,
-    MergeSummary,
-    _progress,
-    _shard_names,
-    _write_metadata,
-    open_models,
+from evomerge.merge.options import MergeOptions, MergeSummary
+from evomerge.merge.output import (
+    PlannedTensor,
     plan_shards,
+    progress_bar,
+    shard_names,
+    write_metadata,
 )
+from evomerge.merge.routing import RoutePlan
+from evomerge.merge.sources import open_models
+from evomerge.merge.tensors import TORCH_DTYPES
+from evomerge.merge.tokenizer import plan_tokenizer
 from evomerge.models.architecture import tensor_kind
+from evomerge.models.refs import portable_ref
 from evomerge.models.safetensors_io import ShardWriter
+from evomerge.models.source import SourceModel
 from evomerge.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
 
 def write_route(recipe: Recipe, out_dir: Path, options: MergeOptions) -> MergeSummary:
+    """Export the recipe's layer route into `out_dir` as a stock model directory, with its
+    metadata and tokenizer (the caller has checked that `out_dir` may be written)."""
     start = time.perf_counter()
     _, models = open_models(recipe, options)
     try:
@@ -44,13 +49,11 @@ def write_route(recipe: Recipe, out_dir: Path, options: MergeOptions) -> MergeSu
             log.warning("route: tensor_scale filter(s) %s match no tensor of their hops, so "
                         "they scale nothing (mergekit ignores them too)",
                         ", ".join(map(repr, plan.unused_filters)))
-        from evomerge.merge.tokenizer import plan_tokenizer
-
         embed = plan.embed_source
         tokenizer = plan_tokenizer(recipe, None, [models[embed]] +
                                    [m for i, m in enumerate(models) if i != embed],
                                    options.allow_download)
-        out_dtype = _TORCH_DTYPES[recipe.dtype] if recipe.dtype else None
+        out_dtype = TORCH_DTYPES[recipe.dtype] if recipe.dtype else None
         # output name → (source, source tensor, layer-relative name or None, fold factor,
         # tensor scale)
         jobs: dict[str, tuple[int, str, str | None, float, float]] = {}
@@ -69,15 +72,13 @@ def write_route(recipe: Recipe, out_dir: Path, options: MergeOptions) -> MergeSu
             dt = out_dtype if out_dtype is not None else entry.dtype
             items.append((name, dt, tuple(entry.shape)))
         shards = plan_shards(items, options.shard_size)
-        from evomerge.models.refs import portable_ref
-
         refs = [portable_ref(s.model, recipe.written_ref(s.model), out_dir)
                 for s in recipe.sources]
         config = plan.output_config(plan.route_provenance(refs))
         with directory_atomic(out_dir) as tmp:
             written = _copy_tensors(plan, models, jobs, shards, tmp, options.progress)
-            _write_metadata(recipe, models[embed], shards, tmp, out_dtype, options, out_dir,
-                            config=config)
+            write_metadata(recipe, models[embed], shards, tmp, out_dtype, options, out_dir,
+                           config=config)
             tokenizer.write(tmp)
     finally:
         for m in models:
@@ -85,15 +86,16 @@ def write_route(recipe: Recipe, out_dir: Path, options: MergeOptions) -> MergeSu
     return MergeSummary(out_dir, len(items), len(shards), written, time.perf_counter() - start)
 
 
-def _copy_tensors(plan: RoutePlan, models: list, jobs: dict, shards: list, tmp: Path,
-                  progress: bool) -> int:
+def _copy_tensors(plan: RoutePlan, models: list[SourceModel],
+                  jobs: dict[str, tuple[int, str, str | None, float, float]],
+                  shards: list[list[PlannedTensor]], tmp: Path, progress: bool) -> int:
     """Each output tensor read from its source, multiplied by its tensor scale (mergekit's
     `tensor * scale`, in the dtype it is stored in), its hop's factor folded in, cast,
     written."""
     written = 0
-    bar = _progress(sum(len(s) for s in shards), progress)
+    bar = progress_bar(sum(len(s) for s in shards), progress)
     try:
-        for fname, shard in zip(_shard_names(len(shards)), shards, strict=True):
+        for fname, shard in zip(shard_names(len(shards)), shards, strict=True):
             writer = ShardWriter(tmp / fname, shard)
             for name, dtype, _ in shard:
                 src, src_name, rest, factor, multiplier = jobs[name]

@@ -23,9 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from evomerge.merge.errors import MergeError
 from evomerge.merge.inplace import BuildStats, available_memory, check_sources_and_dtype
+from evomerge.merge.options import MergeOptions
 from evomerge.merge.routing import RoutePlan
-from evomerge.merge.streaming import _TORCH_DTYPES, MergeError, MergeOptions, open_models
+from evomerge.merge.sources import open_models
+from evomerge.merge.tensors import TORCH_DTYPES
 from evomerge.recipe import Recipe
 
 
@@ -92,7 +95,7 @@ class RouteBuilder:
         try:
             first = self.models[0].entries
             floats = [e for e in first.values() if e.dtype.is_floating_point]
-            self.dtype = _TORCH_DTYPES[dtype] if dtype else floats[0].dtype
+            self.dtype = TORCH_DTYPES[dtype] if dtype else floats[0].dtype
             self._preflight()
             self.tensors = [{n: m.read(n).to(self.device, self.dtype) for n, e in
                              m.entries.items() if e.dtype.is_floating_point}
@@ -121,6 +124,7 @@ class RouteBuilder:
     def _skeleton(self) -> Any:
         """The model object every candidate runs in: one layer to learn the layer class,
         an untied head (a scaled embedding must not scale the head), nothing allocated."""
+        # transformers takes seconds to import: paid by the worker that builds, not on import
         from transformers import AutoConfig, AutoModelForCausalLM
 
         try:
@@ -178,10 +182,12 @@ class RouteBuilder:
 
     # --- per candidate ----------------------------------------------------------------------
     def plan(self, recipe: Recipe) -> RoutePlan:
+        """`recipe`'s route resolved against the resident sources (refused if it names others)."""
         check_sources_and_dtype(recipe, self.source_refs, self.dtype)
         return RoutePlan(recipe, self.models)
 
     def check(self, recipe: Recipe) -> None:
+        """Refuse a recipe this builder cannot run, naming the field."""
         self.plan(recipe)
 
     def build(self, recipe: Recipe) -> Any:
@@ -209,9 +215,10 @@ class RouteBuilder:
         return self.model
 
     def tokenizer(self) -> Any:
-        from transformers import AutoTokenizer
+        """The first source's tokenizer, for the evaluators."""
+        from transformers import AutoTokenizer  # seconds to import; see _skeleton
 
         return AutoTokenizer.from_pretrained(self.ref_path)
 
     def close(self) -> None:
-        pass
+        """Nothing to release (no thread pool); here for the builder interface."""

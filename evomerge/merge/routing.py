@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from evomerge.merge.streaming import MergeError
+from evomerge.merge.errors import MergeError
 from evomerge.models.architecture import tensor_kind
 from evomerge.models.source import SourceModel
 from evomerge.recipe import Recipe, TensorScale, matching_scale
@@ -49,6 +49,8 @@ _ONE_PLUS_NORMS = ("gemma",)  # model types whose RMSNorm multiplies by (1 + wei
 
 @dataclass(frozen=True)
 class PlannedHop:
+    """One hop of a resolved route: the layer it runs, its scale and what it folds."""
+
     source: int
     layer: int
     scale: float
@@ -74,6 +76,7 @@ class SourceLayout:
 
     @classmethod
     def of(cls, model: SourceModel, where: str) -> SourceLayout:
+        """Read the layout off `model`'s header and config; `where` names it in errors."""
         prefixes, layers, shapes, outer = set(), set(), {}, []
         for name, entry in model.entries.items():
             parts = split_layer_name(name)
@@ -96,15 +99,18 @@ class SourceLayout:
         return cls(model, prefixes.pop(), count, shapes, outer)
 
     def name(self, layer: int, rest: str) -> str:
+        """Full name of layer `layer`'s tensor `rest` in this source."""
         return f"{self.prefix}.{layer}.{rest}"
 
     def embed_name(self) -> str:
+        """The embedding tensor's name (the fold scales it by hop 0's scale)."""
         names = [n for n in self.outer if tensor_kind(n) == "embed"]
         if not names:
             raise MergeError(f"{self.model.path}: no embedding tensor found")
         return names[0]
 
     def layer_type(self, layer: int) -> str | None:
+        """The attention type config.json gives this layer (None if it gives none)."""
         types = self.model.config.get("layer_types")
         return types[layer] if isinstance(types, list) and layer < len(types) else None
 
@@ -291,6 +297,7 @@ class RoutePlan:
     # --- what consumers read --------------------------------------------------------------
     @property
     def layer_types(self) -> list[str] | None:
+        """The output config's per-hop attention types (None where the sources have none)."""
         if self.ref.layer_type(0) is None:
             return None
         return [str(h.layer_type) for h in self.hops]

@@ -17,11 +17,14 @@ from collections.abc import Callable
 
 import torch
 
-from evomerge.merge import methods
+from evomerge.kernels import float32 as methods
 
 
 class SelectionCache:
-    def __init__(self, budget: int):
+    """Magnitude ranks and DARE draws per (tensor, source), within a byte budget: what every
+    candidate of a search would otherwise recompute from the same sources."""
+
+    def __init__(self, budget: int) -> None:
         self.budget = max(0, int(budget))
         self.used = 0
         self._lock = threading.Lock()

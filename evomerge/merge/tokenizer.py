@@ -13,11 +13,25 @@ from __future__ import annotations
 import shutil
 from collections import Counter
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
-from evomerge.merge.streaming import TOKENIZER_FILES, MergeError
+from evomerge.merge.errors import MergeError
 from evomerge.models.source import SourceError, SourceModel, resolve_model_ref
 from evomerge.recipe import TOKENIZER_KEYWORDS, Recipe, chat_template_kind
+
+# the files a model directory's tokenizer is copied as (with the donor's generation settings)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
 
 
 @dataclass
@@ -28,6 +42,7 @@ class TokenizerPlan:
     tokenizer: object | None = None  # a transformers tokenizer, when re-serialised
 
     def write(self, out: Path) -> None:
+        """Put the tokenizer files into the output directory `out`."""
         if self.tokenizer is None:
             for name in TOKENIZER_FILES:
                 if (self.donor / name).exists():
@@ -66,6 +81,7 @@ def plan_tokenizer(recipe: Recipe, base: SourceModel | None, sources: list[Sourc
 
 
 def _load(path: Path, key: str):
+    # transformers takes seconds to import: only a recipe that re-serialises pays for it
     from transformers import AutoTokenizer
 
     try:
@@ -103,8 +119,6 @@ def chat_template_text(template: str, models: list[SourceModel]) -> str | None:
                 found.append(t.strip())
         return Counter(found).most_common(1)[0][0] if found else None
     try:
-        from importlib.resources import files
-
         builtin = files("mergekit._data.chat_templates")
     except ModuleNotFoundError:
         raise MergeError(

@@ -1,1 +1,2 @@
-"""Opening source models: safetensors I/O, model directories, the architecture map."""
+"""Source models: safetensors I/O, opened model directories, tensor kinds per architecture,
+and the example model families built offline."""

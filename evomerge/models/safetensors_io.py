@@ -41,6 +41,7 @@ class SafetensorsError(ValueError):
 
 @dataclass(frozen=True)
 class TensorEntry:
+    """Where one tensor lies in its file and what it holds, known from the header alone."""
     name: str
     dtype: torch.dtype
     shape: tuple[int, ...]
@@ -49,6 +50,7 @@ class TensorEntry:
 
     @property
     def numel(self) -> int:
+        """Number of elements, to check the header's byte count against the shape."""
         n = 1
         for d in self.shape:
             n *= d
@@ -107,6 +109,7 @@ class SafetensorsFile:
             self.entries[name] = entry
 
     def read(self, name: str) -> torch.Tensor:
+        """Read one tensor's bytes from disk into a new CPU tensor (safe from many threads)."""
         entry = self.entries[name]
         buf = torch.empty(entry.nbytes, dtype=torch.uint8)
         view = memoryview(buf.numpy())
@@ -119,6 +122,7 @@ class SafetensorsFile:
         return buf.view(entry.dtype).reshape(entry.shape)
 
     def close(self) -> None:
+        """Close the file descriptor; safe to call twice."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -160,6 +164,7 @@ class ShardWriter:
         self.nbytes = offset
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Append the next planned tensor's bytes; one out of plan order or size is an error."""
         expected_name, nbytes = self._order[self._next]
         if name != expected_name:
             raise RuntimeError(f"{self.path}: expected tensor {expected_name}, got {name}")
@@ -172,9 +177,11 @@ class ShardWriter:
 
     @property
     def complete(self) -> bool:
+        """Whether every planned tensor has been written (else the shard is unfinished)."""
         return self._next == len(self._order)
 
     def close(self) -> None:
+        """Flush, fsync and close the shard so it is durable on disk."""
         self._f.flush()
         os.fsync(self._f.fileno())
         self._f.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evomerge.models.skill_zoo import SKILLS, items
+from evomerge.models.skill_data import SKILLS, items
 from evomerge.models.tiny_tasks import write_jsonl_task
 
 SPLITS = {"search": 1_000, "test": 2_000}  # seed offsets: the splits draw different items

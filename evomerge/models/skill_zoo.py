@@ -4,18 +4,10 @@ Built on the lessons of docs/design.md §8: word-level tokens, skills the base a
 (trained briefly on every skill) and experts that sharpen one skill each (and forget the
 others), so that merging has something to compose and the search a gap to close.
 
-Skills (prompt → answer, every token a word):
-- ``add``:  "ADD 3 5 ="        → "0 8"        (sum of two digits, tens and ones)
-- ``rev``:  "REV a c d b ="    → "b d c a"    (four letters reversed)
-- ``sort``: "SORT 7 2 5 ="     → "2 5 7"      (three digits in increasing order)
-- ``tr``:   "TR 3 7 1 ="       → "three seven one"   (digits into language B's words)
-- ``sort_b``: SORT in language B ("SORT seven two five =" → "two five seven")
-- ``add_b``: ADD in language B ("ADD three five =" → "zero eight"): the cross-domain target,
-  in the spirit of the evo-merge paper's Japanese math; no expert is trained on it.
-
-Experts: ``math`` (add), ``rev``, ``sort`` and ``lang_b`` (tr + sort_b). Every skill has a
-search split and a held-out test split (lm-eval tasks written by `skill_tasks`), scored by
-exact match (greedy, teacher-forced) and by the probability of the whole answer.
+The skills and their items come from `skill_data`. Experts: ``math`` (add), ``rev``, ``sort``
+and ``lang_b`` (tr + sort_b). Every skill has a search split and a held-out test split (lm-eval
+tasks written by `skill_tasks`), scored by exact match (greedy, teacher-forced) and by the
+probability of the whole answer.
 """
 
 from __future__ import annotations
@@ -29,58 +21,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from evomerge.atomic import directory_atomic
 from evomerge.models.safetensors_io import ShardWriter
+from evomerge.models.skill_data import SKILLS, VOCAB, items
+from evomerge.models.skill_tasks import write_skill_tasks
 
-SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
-MARKERS = ["ADD", "REV", "SORT", "TR", "="]
-DIGITS_A = [str(i) for i in range(10)]
-DIGITS_B = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-LETTERS = list("abcdefgh")
-VOCAB = SPECIALS + MARKERS + DIGITS_A + DIGITS_B + LETTERS
-SKILLS = ("add", "rev", "sort", "tr", "sort_b", "add_b")
 EXPERTS = {"math": ("add",), "rev": ("rev",), "sort": ("sort",), "lang_b": ("tr", "sort_b")}
 SEQ_LEN = 9  # the longest prompt + answer (REV: 6 + 4), less the one not predicted from
 ZOO_VERSION = 1
 
 
-def _add(rng: np.random.Generator, digits: list[str]) -> tuple[list[str], list[str]]:
-    x, y = (int(v) for v in rng.integers(0, 10, 2))
-    s = x + y
-    return ["ADD", digits[x], digits[y], "="], [digits[s // 10], digits[s % 10]]
-
-
-def _sort(rng: np.random.Generator, digits: list[str]) -> tuple[list[str], list[str]]:
-    xs = [int(v) for v in rng.integers(0, 10, 3)]
-    return ["SORT", *(digits[v] for v in xs), "="], [digits[v] for v in sorted(xs)]
-
-
-def _rev(rng: np.random.Generator) -> tuple[list[str], list[str]]:
-    xs = [LETTERS[int(v)] for v in rng.integers(0, len(LETTERS), 4)]
-    return ["REV", *xs, "="], xs[::-1]
-
-
-def _tr(rng: np.random.Generator) -> tuple[list[str], list[str]]:
-    xs = [int(v) for v in rng.integers(0, 10, 3)]
-    return ["TR", *(DIGITS_A[v] for v in xs), "="], [DIGITS_B[v] for v in xs]
-
-
-MAKERS: dict[str, Callable[[np.random.Generator], tuple[list[str], list[str]]]] = {
-    "add": lambda r: _add(r, DIGITS_A),
-    "rev": _rev,
-    "sort": lambda r: _sort(r, DIGITS_A),
-    "tr": _tr,
-    "sort_b": lambda r: _sort(r, DIGITS_B),
-    "add_b": lambda r: _add(r, DIGITS_B),
-}
-
-
-def items(skill: str, n: int, seed: int) -> list[tuple[list[str], list[str]]]:
-    rng = np.random.default_rng(seed)
-    return [MAKERS[skill](rng) for _ in range(n)]
-
-
 @dataclass(frozen=True)
 class ZooSettings:
+    """Model size and training schedule of the base and the experts."""
+
     hidden: int = 128
     layers: int = 4
     intermediate: int = 384
@@ -98,6 +52,8 @@ class ZooSettings:
 
 
 def _config(s: ZooSettings):
+    # transformers is imported on use, here and below: it takes seconds, and a module that
+    # imports this one for its constants or `format_scores` needs none of it
     from transformers import LlamaConfig
 
     return LlamaConfig(vocab_size=len(VOCAB), hidden_size=s.hidden, num_hidden_layers=s.layers,
@@ -158,6 +114,7 @@ def _save(model, out: Path) -> None:
 
 
 def _write_tokenizer(out: Path) -> None:
+    # seconds to import; see _config
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -176,10 +133,7 @@ def build_skill_zoo(out: str | Path, settings: ZooSettings | None = None,
     nothing that looks finished; `zoo.json` records the settings and each model's exact
     match on every skill's held-out items.
     """
-    from transformers import LlamaForCausalLM
-
-    from evomerge.atomic import directory_atomic
-    from evomerge.models.skill_tasks import write_skill_tasks
+    from transformers import LlamaForCausalLM  # seconds to import; see _config
 
     s = settings or ZooSettings()
     out = Path(out)
@@ -213,6 +167,7 @@ def build_skill_zoo(out: str | Path, settings: ZooSettings | None = None,
 
 
 def format_scores(scores: dict[str, float]) -> str:
+    """Per-skill scores as one log line ("add 0.91, rev 0.12, …")."""
     return ", ".join(f"{k} {v:.2f}" for k, v in scores.items())
 
 

@@ -43,6 +43,7 @@ def gguf_path() -> Path:
 
 
 def ready(out: Path) -> bool:
+    """A finished conversion is at `out`."""
     return (out / MARKER).exists() and (out / "config.json").exists()
 
 
@@ -52,6 +53,8 @@ def convert(out: str | Path, log: Callable[[str], None] = print) -> Path:
     if ready(out):
         return out
     source = gguf_path()
+    # transformers takes seconds to import (and reads the GGUF through the optional extra):
+    # only a conversion pays for it, not `zoos`, which imports this module to check the extra
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
     from transformers.utils import logging as hf_logging
 

@@ -28,6 +28,10 @@ from pathlib import Path
 
 import torch
 
+from evomerge.atomic import directory_atomic
+from evomerge.models.skill_zoo import format_scores
+from evomerge.models.tiny_tasks import write_jsonl_task
+
 SKILLS = ("add", "french", "add_french")
 EXPERTS = {"math": "add", "french": "french"}
 SPLIT_SIZES = {"search": 150, "test": 300}
@@ -191,8 +195,6 @@ def exact_match(model, tokenizer, rows: Sequence[Item], batch: int = 64) -> floa
 
 def write_tasks(out: Path, final_dir: Path) -> None:
     """`<skill>_<split>.yaml` + `.jsonl` for every skill and the search and test splits."""
-    from evomerge.models.tiny_tasks import write_jsonl_task
-
     out.mkdir(parents=True, exist_ok=True)
     for skill in SKILLS:
         for split in SPLIT_SIZES:
@@ -209,11 +211,10 @@ def build_experts(out: str | Path, base: Path, settings: dict[str, ExpertSetting
     """Fine-tune every expert from `base` and write them, the lm-eval tasks and `zoo.json`
     (settings, seconds, each model's held-out exact match on every skill) under `out`, each
     into a temporary sibling renamed into place."""
+    # transformers takes seconds to import: only a build pays for it, not the config and test
+    # modules that import this one for its skills and items
     from transformers import AutoTokenizer, LlamaForCausalLM
     from transformers.utils import logging as hf_logging
-
-    from evomerge.atomic import directory_atomic
-    from evomerge.models.skill_zoo import format_scores
 
     hf_logging.disable_progress_bar()
     out = Path(out)
@@ -273,4 +274,5 @@ def _read_json(path: Path) -> dict | None:
 
 
 def experts_ready(out: str | Path) -> bool:
+    """A finished zoo of this version is there."""
     return (_read_json(Path(out) / "zoo.json") or {}).get("version") == ZOO_VERSION

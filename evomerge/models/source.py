@@ -36,6 +36,7 @@ class SourceModel:
     @classmethod
     def open(cls, ref: str, allow_pickle: bool = False, allow_download: bool = False
              ) -> SourceModel:
+        """Resolve a path or hub id and index its tensors from headers (pickles only if allowed)."""
         path = resolve_model_ref(ref, allow_download=allow_download)
         config: dict = {}
         cfg_path = path / "config.json"
@@ -81,6 +82,7 @@ class SourceModel:
         return model
 
     def read(self, name: str) -> torch.Tensor:
+        """Load one tensor on demand; the caller owns the result."""
         if name not in self.entries:
             raise SourceError(f"{self.path}: missing tensor {name}")
         if self._pickled is not None:
@@ -92,10 +94,12 @@ class SourceModel:
 
     @property
     def architecture(self) -> str | None:
+        """The model's class or type from config.json, to refuse merging unlike models."""
         arch = self.config.get("architectures")
         return arch[0] if arch else self.config.get("model_type")
 
     def close(self) -> None:
+        """Close every safetensors file the model has open."""
         for f in self.files:
             f.close()
 

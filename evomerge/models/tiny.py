@@ -14,12 +14,16 @@ from pathlib import Path
 import torch
 
 from evomerge.models.safetensors_io import ShardWriter
+from evomerge.models.tiny_tasks import write_example_tasks
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def llama_config(vocab_size: int = 512, hidden_size: int = 64, num_layers: int = 2,
                  intermediate_size: int = 128, num_heads: int = 4, dtype: str = "float32"):
+    """A small Llama config (untied head) for a family of test and demo models."""
+    # transformers is imported on use, here and below: it takes seconds, and the tests and
+    # benchmarks that import this module at collection need none of it until they build
     from transformers import LlamaConfig
 
     return LlamaConfig(
@@ -31,7 +35,8 @@ def llama_config(vocab_size: int = 512, hidden_size: int = 64, num_layers: int =
 
 
 def parameter_shapes(config) -> dict[str, tuple[int, ...]]:
-    from transformers import LlamaForCausalLM
+    """Tensor name → shape of a Llama with this config, from the model class itself."""
+    from transformers import LlamaForCausalLM  # seconds to import; see llama_config
 
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
@@ -113,6 +118,7 @@ def _plan(shapes, dtype, shard_size):
 
 def _write_tokenizer(d: Path, vocab_size: int) -> None:
     """A word-level tokenizer over words w0, w1, …: enough for a model to load and generate."""
+    # seconds to import; see llama_config
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -137,8 +143,6 @@ def build_example_zoo(out: str | Path, size: str = "tiny") -> dict[str, Path]:
                            intermediate_size=688, num_heads=8)
     else:
         raise ValueError(f"size: unknown zoo size {size!r} (tiny or small)")
-    from evomerge.models.tiny_tasks import write_example_tasks
-
     dirs = write_family(out, cfg, ["math", "code", "chat"])
     dirs["tasks"] = write_example_tasks(Path(out) / "tasks", cfg.vocab_size)
     return dirs

@@ -1,5 +1,10 @@
 """The example source families a config may ask for (`zoo: {kind, dir}`): built on first use,
-so a fresh clone runs the quickstart with one command."""
+so a fresh clone runs the quickstart with one command.
+
+The zoo builders are imported inside the functions that use them: they import torch (and
+transformers when building), seconds of work, while `search_config` imports this module to
+validate a config's `zoo:` block without either.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +12,21 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from evomerge.models import smollm2
+
 KINDS = ("skills", "example", "smollm2")
 DURATION = {"skills": "about a minute", "example": "seconds",
             "smollm2": "about 10 minutes: conversion and two fine-tunes"}
 
 
 def ready(kind: str, out: Path) -> bool:
+    """A finished zoo of this kind is at `out`."""
     if kind == "smollm2":
-        from evomerge.models import smollm2
-        from evomerge.models.smollm2_experts import experts_ready
+        from evomerge.models.smollm2_experts import experts_ready  # torch: see the module docstring
 
         return smollm2.ready(out / "base") and experts_ready(out)
     if kind == "skills":
-        from evomerge.models.skill_zoo import zoo_ready
+        from evomerge.models.skill_zoo import zoo_ready  # torch: see the module docstring
 
         return zoo_ready(out)
     return (out / "base" / "config.json").exists() and (out / "tasks").is_dir()
@@ -29,25 +36,23 @@ def check(kind: str) -> None:
     """Raise (SmolLM2Error) where this kind cannot be built here, before anything is said or
     written."""
     if kind == "smollm2":
-        from evomerge.models import smollm2
-
         smollm2.gguf_path()
 
 
 def build(kind: str, out: Path, log: Callable[[str], None] | None = None) -> dict[str, Path]:
+    """Build the zoo at `out` (whatever is there) and return name → directory."""
     check(kind)
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if kind == "smollm2":  # the real pretrained base and experts fine-tuned from it
-        from evomerge.models import smollm2
-        from evomerge.models.smollm2_experts import build_experts
+        from evomerge.models.smollm2_experts import build_experts  # torch: see the module docstring
 
         out.mkdir(parents=True, exist_ok=True)
         return build_experts(out, smollm2.convert(out / "base", say), log=say)
     if kind == "skills":
-        from evomerge.models.skill_zoo import build_skill_zoo
+        from evomerge.models.skill_zoo import build_skill_zoo  # torch: see the module docstring
 
         return build_skill_zoo(out, log=say)
-    from evomerge.models.tiny import build_example_zoo
+    from evomerge.models.tiny import build_example_zoo  # torch: see the module docstring
 
     return build_example_zoo(out)
 

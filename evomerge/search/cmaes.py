@@ -25,8 +25,19 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import psutil
+from pydantic import Field
 
-from evomerge.search.protocol import Candidate, Controller, Result
+from evomerge.errors import ConfigError
+from evomerge.search.protocol import (
+    HIGH_DIMENSION,
+    Candidate,
+    Controller,
+    ControllerSetup,
+    ControllerSpec,
+    Result,
+    SearchContext,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +55,7 @@ def _global_randn(*shape: int) -> np.ndarray:
 
 @dataclass
 class CMAESSettings:
+    """The CMA-ES knobs a config may set: step size, population, restarts, σ adaptation."""
     sigma0: float = 1 / 6
     popsize: int | None = None  # None: 4 + floor(3 ln n)
     separable: bool = False
@@ -55,10 +67,12 @@ class CMAESSettings:
 
 
 class CMAES(Controller):
+    """CMA-ES (pycma) maximising fitness, with optional IPOP/BIPOP restarts."""
     name = "cmaes"
     outstanding_resumes = False  # a half-told generation checkpoints as it was when asked
 
     def at_boundary(self) -> bool:
+        """Whether a state taken now includes every tell so far (not mid-generation)."""
         return not self._solutions
 
     def __init__(self, x0: np.ndarray, lower: np.ndarray | None, upper: np.ndarray | None,
@@ -134,6 +148,7 @@ class CMAES(Controller):
         return out
 
     def tell(self, results: list[tuple[Candidate, Result]]) -> None:
+        """Record fitnesses (failures as worst); once the generation is complete, update pycma."""
         for cand, res in results:
             f = res.fitness if res.status == "ok" and np.isfinite(res.fitness) else -1e300
             self._told[cand.id] = f
@@ -174,9 +189,11 @@ class CMAES(Controller):
             self.es = self._new_es(pop, self.s.sigma0 * 10 ** (-2 * u))
 
     def best_genome(self) -> np.ndarray | None:
+        """The best genome told so far, over all restarts."""
         return self.best_x
 
     def state_dict(self) -> dict[str, Any]:
+        """Pickled controller; mid-generation, the snapshot taken when the generation was asked."""
         # pycma's state does not survive a round trip between ask and tell (its tell then
         # updates differently), so a half-told generation checkpoints as the snapshot taken
         # when it was asked: loading it asks the same generation again, with the same ids.
@@ -214,3 +231,50 @@ def _unloadable(saved: str | None, installed: str, exc: Exception) -> str:
     return (f"the CMA-ES state was saved with cma {saved} and does not load with the "
             f"installed cma {installed} ({why}); reinstall that version "
             f"(pip install 'cma=={saved}') to resume this run, or start a new run")
+
+
+def full_cmaes_bytes(n: int) -> int:
+    """Memory of full-covariance pycma at n genes: C and B (n x n float64 each), and as much
+    again for the pickled snapshot a checkpoint holds."""
+    return 4 * n * n * 8
+
+
+class CMAESSpec(ControllerSpec):
+    """`controller: {kind: cmaes}`: pycma's CMA-ES, separable above HIGH_DIMENSION genes."""
+
+    kind: Literal["cmaes"]
+    sigma0: float | None = Field(None, gt=0)
+    popsize: int | None = Field(None, ge=2)
+    # auto: full covariance up to HIGH_DIMENSION genes, diagonal above (false forces full)
+    separable: bool | Literal["auto"] = "auto"
+    restarts: Literal["none", "ipop", "bipop"] = "none"
+    step_size: Literal["auto", "csa", "tpa"] = "auto"
+
+    def is_separable(self, n: int, origin: str) -> bool:
+        """Whether CMA-ES runs diagonal at n genes; full covariance that would not fit in
+        memory is refused here, before anything runs."""
+        separable = self.separable if self.separable != "auto" else n > HIGH_DIMENSION
+        if not separable and n > HIGH_DIMENSION:
+            need, free = full_cmaes_bytes(n), psutil.virtual_memory().available
+            if need > free // 2:
+                raise ConfigError(
+                    f"{origin}: controller.separable: full-covariance CMA-ES on {n} genes "
+                    f"needs ~{need / 2**30:.1f} GiB (n x n matrices; the checkpoint holds half "
+                    f"of it), and {free / 2**30:.1f} GiB is free; remove `separable: false` "
+                    f"(separable above {HIGH_DIMENSION} genes) or search fewer genes")
+            log.warning("controller.separable: false on %d genes: CMA-ES keeps n x n "
+                        "matrices (~%.2f GiB, a checkpoint of ~%.2f GiB)", n, need / 2**30,
+                        need / 2**31)
+        return bool(separable)
+
+    def build(self, setup: ControllerSetup, ctx: SearchContext) -> CMAES:
+        """CMA-ES from the task's x0 and box, over the run's budget."""
+        x0 = np.asarray(setup.x0, dtype=np.float64)
+        separable = self.is_separable(len(x0), ctx.origin)
+        # separable because of the dimension: CSA, since pycma's own choice there (TPA)
+        # collapses the step size on accuracy plateaus (docs/design.md §5)
+        step = "csa" if self.separable == "auto" and separable and self.step_size == "auto" \
+            else self.step_size
+        settings = CMAESSettings(sigma0=self.sigma0 or 1 / 6, popsize=self.popsize,
+                                 separable=separable, restarts=self.restarts, step_size=step)
+        return CMAES(x0, setup.lower, setup.upper, ctx.budget, settings, seed=ctx.seed)

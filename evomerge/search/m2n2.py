@@ -13,8 +13,16 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
-from evomerge.search.protocol import Candidate, Controller, Result
+from evomerge.search.protocol import (
+    Candidate,
+    Controller,
+    ControllerSetup,
+    ControllerSpec,
+    Result,
+    SearchContext,
+)
 
 
 def slerp_coefficients(w: float | np.ndarray, dot: np.ndarray, norm_a: np.ndarray,
@@ -53,10 +61,12 @@ class FlatIndividuals:
     """Members are raw parameter vectors; the split point moves over single parameters."""
 
     def split_units(self, genome: np.ndarray) -> int:
+        """How many places the crossover split point can fall: one per parameter."""
         return genome.size
 
     def crossover(self, a: np.ndarray, b: np.ndarray, w: float, split: int | None
                   ) -> np.ndarray:
+        """SLERP of two parameter vectors, with weight 1 - w after the split point."""
         dot, na, nb = float(np.dot(a, b)), math.sqrt(np.dot(a, a)), math.sqrt(np.dot(b, b))
         ca, cb = _scalar_slerp(w, dot, na, nb)
         if split is None:
@@ -86,10 +96,12 @@ class SeedMixtures:
         self.groups, self.k = gram.shape[0], gram.shape[1]
 
     def split_units(self, genome: np.ndarray) -> int:
+        """How many places the crossover split point can fall: one per group."""
         return self.groups
 
     def crossover(self, a: np.ndarray, b: np.ndarray, w: float, split: int | None
                   ) -> np.ndarray:
+        """SLERP of two mixtures per group (angles via the Gram matrices), 1 - w after the split."""
         ca_, cb_ = a.reshape(self.groups, self.k), b.reshape(self.groups, self.k)
         dot = np.einsum("gi,gij,gj->g", ca_, self.gram, cb_)
         na = np.sqrt(np.maximum(np.einsum("gi,gij,gj->g", ca_, self.gram, ca_), 0))
@@ -103,6 +115,7 @@ class SeedMixtures:
 
 @dataclass
 class M2N2Settings:
+    """M2N2's knobs: archive size, competition (alpha, sample reward), mating and mutation."""
     archive_size: int = 20
     alpha: float = 1.0
     mutation_sigma: float = 0.0
@@ -183,6 +196,7 @@ class M2N2(Controller):
 
     # --- ask / tell ------------------------------------------------------------------------
     def ask(self) -> list[Candidate]:
+        """One candidate: the next initial member, else a child of two archive members."""
         if self.pending_initial:  # taken when asked: several may be out at once (workers)
             genome = self.pending_initial.pop(0)
             info: dict[str, Any] = {"initial": True}
@@ -196,6 +210,7 @@ class M2N2(Controller):
         return [cand]
 
     def tell(self, results: list[tuple[Candidate, Result]]) -> None:
+        """Add scored members to the archive, dropping the least fit once it is over size."""
         for cand, res in results:
             if res.status != "ok" or res.scores is None:
                 continue  # a failed child never enters the archive
@@ -218,9 +233,11 @@ class M2N2(Controller):
                 self.scores = np.delete(self.scores, worst, axis=0)
 
     def best_genome(self) -> np.ndarray | None:
+        """The genome with the highest fitness told so far, even if it has left the archive."""
         return self.best
 
     def state_dict(self) -> dict[str, Any]:
+        """The RNG state, archive, pending initial members and best so far."""
         return {
             "rng": self.rng.bit_generator.state,
             "next_id": self.next_id,
@@ -232,6 +249,7 @@ class M2N2(Controller):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what state_dict saved; the settings and individuals come from the constructor."""
         self.rng.bit_generator.state = state["rng"]
         self.next_id = state["next_id"]
         self.pending_initial = list(state["pending_initial"])
@@ -239,3 +257,29 @@ class M2N2(Controller):
         self.scores = state["scores"]
         self.fitness_of_best = state["fitness_of_best"]
         self.best = state["best"]
+
+
+class M2N2Spec(ControllerSpec):
+    """`controller: {kind: m2n2}`: the archive, competition and mate-selection settings."""
+
+    kind: Literal["m2n2"]
+    archive_size: int = Field(20, ge=2)
+    alpha: float = Field(1.0, ge=0)
+    mutation_sigma: float = Field(0.0, ge=0)
+    attraction: bool = True
+    split_point: bool = True
+    crossover: bool = True
+    sample_reward: Literal["one", "best"] = "one"
+
+    @property
+    def population(self) -> int:
+        """M2N2 starts from a full archive."""
+        return self.archive_size
+
+    def build(self, setup: ControllerSetup, ctx: SearchContext) -> M2N2:
+        """M2N2 over the task's initial members (flat vectors or seed mixtures)."""
+        settings = M2N2Settings(archive_size=self.archive_size, alpha=self.alpha,
+                                mutation_sigma=self.mutation_sigma,
+                                attraction=self.attraction, split_point=self.split_point,
+                                crossover=self.crossover, sample_reward=self.sample_reward)
+        return M2N2(setup.initial, settings, individuals=setup.individuals, seed=ctx.seed)

@@ -10,9 +10,29 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+# Genomes longer than this make full-covariance CMA-ES and Optuna's samplers unsafe defaults:
+# CMA-ES keeps n x n matrices (at the digits task's 19,210 genes a 5.9 GB checkpoint and more
+# memory than this machine has); Optuna's study keeps every trial's n parameters.
+HIGH_DIMENSION = 1000
+
+
+@dataclass
+class ControllerSetup:
+    """What a controller needs from the task: the start, the box, the initial members and,
+    for M2N2, how its individuals cross over."""
+
+    x0: np.ndarray
+    lower: np.ndarray | None = None
+    upper: np.ndarray | None = None
+    initial: list[np.ndarray] = field(default_factory=list)
+    individuals: Any = None  # M2N2: FlatIndividuals (None) or SeedMixtures
+
 
 
 @dataclass
@@ -68,8 +88,40 @@ class Controller(ABC):
         """Everything needed to continue exactly; picklable."""
 
     @abstractmethod
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a `state_dict` so a resumed run continues exactly where it stopped."""
 
     def best_genome(self) -> np.ndarray | None:
         """The genome the controller currently believes best (for reports)."""
         return None
+
+
+@dataclass
+class SearchContext:
+    """What a controller is built with besides its own settings and the task's setup."""
+
+    budget: int
+    seed: int
+    objectives: list[tuple[str, str]]
+    origin: str = "<config>"  # the config file errors name
+    run_dir: Path | None = None  # where a controller keeps files of its own (None: memory)
+
+
+class ControllerSpec(BaseModel):
+    """A controller's settings as a config's `controller:` block gives them. Each controller
+    module declares one subclass (with `kind: Literal[...]`) beside the controller, and
+    `evomerge.search.registry` lists them; `build` makes the controller, after refusing or
+    adapting what would be unsafe at the genome's size (docs/design.md §5)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str
+
+    @property
+    def population(self) -> int:
+        """How many initial members the task should hand this controller."""
+        return 1
+
+    def build(self, setup: ControllerSetup, ctx: SearchContext) -> Controller:
+        """The controller, ready to ask."""
+        raise NotImplementedError

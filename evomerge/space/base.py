@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -14,7 +15,8 @@ class Space(ABC):
 
     @property
     @abstractmethod
-    def dim(self) -> int: ...
+    def dim(self) -> int:
+        """Length of a genome, which sizes what the controllers propose."""
 
     @property
     def lower(self) -> np.ndarray | None:
@@ -23,6 +25,7 @@ class Space(ABC):
 
     @property
     def upper(self) -> np.ndarray | None:
+        """Upper bounds, or None when unbounded."""
         return None
 
     @abstractmethod
@@ -43,3 +46,9 @@ class Space(ABC):
         if self.lower is not None and self.upper is not None:
             x = np.clip(x, self.lower, self.upper)
         return x
+
+
+def genome_digest(genome: np.ndarray) -> str:
+    """A short digest of a genome's exact float64 bytes: what the trial log keeps of a genome
+    too long to log whole, enough to check a replay proposes the same one."""
+    return hashlib.blake2b(np.ascontiguousarray(genome).tobytes(), digest_size=8).hexdigest()

@@ -81,20 +81,24 @@ class DataFlowSpace(Space):
     # --- Space ------------------------------------------------------------------------------
     @property
     def n_scales(self) -> int:
+        """Scale genes after the indicators: none, one per slot, or one per layer pair."""
         return {"none": 0, "slot": self.T, "pair": self.M * self.M}[self.scale_mode]
 
     @property
     def dim(self) -> int:
+        """One indicator gene per slot, plus the scale genes."""
         return self.T + self.n_scales
 
     @property
     def lower(self) -> np.ndarray:
+        """Indicators from the low end of `indicator_range`; scales from that of `scale_range`."""
         return np.concatenate(
             [np.full(self.T, self.indicator_range[0]), np.full(self.n_scales, self.scale_range[0])]
         )
 
     @property
     def upper(self) -> np.ndarray:
+        """Indicators up to the top of `indicator_range`; scales up to that of `scale_range`."""
         return np.concatenate(
             [np.full(self.T, self.indicator_range[1]), np.full(self.n_scales, self.scale_range[1])]
         )
@@ -106,6 +110,7 @@ class DataFlowSpace(Space):
         return np.concatenate([ind, np.ones(self.n_scales)])
 
     def decode(self, genome: np.ndarray) -> Recipe:
+        """A passthrough recipe that runs the genome's route through the sources' layers."""
         return Recipe(
             method="passthrough",
             sources=[{"model": ref} for ref in self.refs],

@@ -32,20 +32,25 @@ class FlatSpace(Space):
 
     @property
     def dim(self) -> int:
+        """Number of raw parameters in the genome."""
         return self._dim
 
     @property
     def lower(self) -> np.ndarray | None:
+        """A copy of the lower bounds, or None when unbounded."""
         return None if self._lower is None else self._lower.copy()
 
     @property
     def upper(self) -> np.ndarray | None:
+        """A copy of the upper bounds, or None when unbounded."""
         return None if self._upper is None else self._upper.copy()
 
     def initial(self) -> np.ndarray:
+        """A copy of x0 (zeros unless given)."""
         return self._x0.copy()
 
     def decode(self, genome: np.ndarray) -> np.ndarray:
+        """The genome as a float32 copy, which is the model's parameter vector."""
         x = np.asarray(genome).reshape(-1)
         if x.size != self._dim:
             raise ValueError(f"genome: expected {self._dim} genes, got {x.size}")

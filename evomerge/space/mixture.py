@@ -19,6 +19,7 @@ from evomerge.space.base import Space
 
 
 class SeedMixtureSpace(Space):
+    """Genomes that mix K seed models per layer group, decoded to linear merge recipes."""
     def __init__(self, sources: Sequence[str], groups: int = 1,
                  coefficient_range: tuple[float, float] = (0.0, 1.0), dtype: str | None = None):
         if len(sources) < 2:
@@ -34,14 +35,17 @@ class SeedMixtureSpace(Space):
 
     @property
     def dim(self) -> int:
+        """One coefficient per layer group and seed."""
         return self.groups * self.k
 
     @property
     def lower(self) -> np.ndarray:
+        """The low end of `coefficient_range` for every gene."""
         return np.full(self.dim, self.range[0])
 
     @property
     def upper(self) -> np.ndarray:
+        """The top of `coefficient_range` for every gene."""
         return np.full(self.dim, self.range[1])
 
     def initial(self) -> np.ndarray:
@@ -53,9 +57,11 @@ class SeedMixtureSpace(Space):
         return [np.tile(np.eye(self.k)[i], self.groups) for i in range(self.k)]
 
     def describe(self) -> list[str]:
+        """Gene names in genome order (`g{group}.src{seed}`)."""
         return [f"g{g}.src{k}" for g in range(self.groups) for k in range(self.k)]
 
     def decode(self, genome: np.ndarray) -> Recipe:
+        """A linear, unnormalised recipe with the genome's per-group weights, unclipped."""
         # No clipping: SLERP children of in-range members may step slightly outside the box,
         # and clipping would build a different model than the one M2N2 reasons about.
         x = np.asarray(genome, dtype=np.float64).reshape(-1)

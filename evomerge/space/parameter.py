@@ -8,13 +8,14 @@ Gene order (source-major; `describe()` lists the names):
 1. for each source k, for each per-source parameter p (weight, density, gamma — those the
    searched method(s) read), for each tensor kind in `kinds`, for each layer group g:
    ``src{k}.{p}[.{kind}][.g{g}]``;
-2. for each shared parameter (``t`` when slerp is searched, ``lambda`` when `search_lambda`),
-   the same kind × group cells: ``{p}[.{kind}][.g{g}]``;
+2. for each shared parameter with a search range (``t`` when slerp is searched; ``lambda``,
+   an opt-in gene, when `search_lambda`), the same kind × group cells: ``{p}[.{kind}][.g{g}]``;
 3. when several methods are searched, one last gene ``method``: [0, 1] cut into equal bins,
    one per method in the given order.
 
 With a method choice the genome keeps every method's genes (fixed dimension); decoding keeps
-only those the chosen method reads.
+only those the chosen method reads. Which parameters a method reads, their ranges and the gene
+order (the parameters' declaration order) come from the method registry, evomerge.merge_methods.
 """
 
 from __future__ import annotations
@@ -24,19 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from evomerge.recipe import PER_SOURCE_PARAMS, SHARED_PARAMS, TENSOR_KINDS, Recipe
+from evomerge.merge_methods import METHODS, SEARCH_RANGES, declared_params, get_method
+from evomerge.models.architecture import TENSOR_KINDS
+from evomerge.recipe import Recipe
 from evomerge.space.base import Space
 
-# Ranges a gene's [0, 1] maps onto. lambda's and t's midpoints equal the method defaults, so
-# the initial genome (0.5 everywhere) starts from the untuned method there.
-DEFAULT_RANGES: dict[str, tuple[float, float]] = {
-    "weight": (0.0, 1.0),
-    "density": (0.1, 1.0),
-    "gamma": (0.0, 0.1),
-    "t": (0.0, 1.0),
-    "lambda": (0.0, 2.0),
-}
-_PER_SOURCE_ORDER = ("weight", "density", "gamma")
+# Ranges a gene's [0, 1] maps onto, per parameter (evomerge.merge_methods.params says why).
+DEFAULT_RANGES: dict[str, tuple[float, float]] = dict(SEARCH_RANGES)
 
 
 class ParameterSpace(Space):
@@ -62,9 +57,9 @@ class ParameterSpace(Space):
         self.methods: list[str] = [method] if method is not None else list(methods or [])
         if not self.methods or len(set(self.methods)) != len(self.methods):
             raise ValueError(f"methods: need distinct method names, got {self.methods}")
-        unknown = [m for m in self.methods if m not in PER_SOURCE_PARAMS]
+        unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
-            raise ValueError(f"methods: unknown {unknown} (known: {sorted(PER_SOURCE_PARAMS)})")
+            raise ValueError(f"methods: unknown {unknown} (known: {sorted(METHODS)})")
         if not sources:
             raise ValueError("sources: need at least one source model")
         if groups < 1:
@@ -97,13 +92,14 @@ class ParameterSpace(Space):
             if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
                 raise ValueError(f"ranges.{name}: need finite lo <= hi, got {(lo, hi)}")
 
-        used = {p for m in self.methods for p in PER_SOURCE_PARAMS[m]}
-        self.per_source_params = [p for p in _PER_SOURCE_ORDER if p in used]
-        self.shared_params: list[str] = []
-        if "slerp" in self.methods:
-            self.shared_params.append("t")
-        if search_lambda and any("lambda" in SHARED_PARAMS[m] for m in self.methods):
-            self.shared_params.append("lambda")
+        specs = [get_method(m) for m in self.methods]
+        opted_in = {"lambda"} if search_lambda else set()
+        searched = [p for p in declared_params()
+                    if p.search is not None and (not p.opt_in or p.name in opted_in)]
+        per_source = {p.name for s in specs for p in s.per_source}
+        shared = {p.name for s in specs for p in s.shared}
+        self.per_source_params = [p.name for p in searched if p.name in per_source]
+        self.shared_params: list[str] = [p.name for p in searched if p.name in shared]
         self._cells = [(k, g) for k in self.kinds for g in range(groups)]
         self._names = self._gene_names()
         for m in self.methods:  # fail at construction, not mid-search
@@ -112,14 +108,17 @@ class ParameterSpace(Space):
     # --- Space ------------------------------------------------------------------------------
     @property
     def dim(self) -> int:
+        """Number of genes: per-source and shared parameter cells, plus the method gene if any."""
         return len(self._names)
 
     @property
     def lower(self) -> np.ndarray:
+        """Zeros: genes live in the unit box and decode scales them into their ranges."""
         return np.zeros(self.dim)
 
     @property
     def upper(self) -> np.ndarray:
+        """Ones: genes live in the unit box and decode scales them into their ranges."""
         return np.ones(self.dim)
 
     def initial(self) -> np.ndarray:
@@ -127,6 +126,7 @@ class ParameterSpace(Space):
         return np.full(self.dim, 0.5)
 
     def decode(self, genome: np.ndarray) -> Recipe:
+        """The recipe of the genome's method, each gene scaled from [0, 1] into its range."""
         x = self._check(genome)
         return self._recipe(self.method_of(x), x)
 
@@ -172,19 +172,20 @@ class ParameterSpace(Space):
         return per_kind["default"] if self.kinds == ["default"] else per_kind
 
     def _recipe(self, method: str, x: np.ndarray) -> Recipe:
+        spec = get_method(method)
         n = len(self._cells)
         pos = 0
         sources = []
         for ref in self.sources:
             params = {}
             for p in self.per_source_params:
-                if p in PER_SOURCE_PARAMS[method]:
+                if p in spec.per_source_defaults:
                     params[p] = self._value(p, x[pos : pos + n])
                 pos += n
             sources.append({"model": ref, "parameters": params})
         shared = {}
         for p in self.shared_params:
-            if p in SHARED_PARAMS[method]:
+            if p in spec.shared_defaults:
                 shared[p] = self._value(p, x[pos : pos + n])
             pos += n
         data: dict[str, Any] = {

@@ -5,24 +5,11 @@ which an executor builds wherever candidates are evaluated."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from evomerge.archive import Objective, ParetoArchive
-
-
-@dataclass
-class ControllerSetup:
-    """What a controller needs from the task: the start, the box, the initial members and,
-    for M2N2, how its individuals cross over."""
-
-    x0: np.ndarray
-    lower: np.ndarray | None = None
-    upper: np.ndarray | None = None
-    initial: list[np.ndarray] = field(default_factory=list)
-    individuals: Any = None  # M2N2: FlatIndividuals (None) or SeedMixtures
+from evomerge.search.protocol import ControllerSetup
 
 
 class TaskWorker(ABC):
@@ -41,11 +28,21 @@ class TaskWorker(ABC):
 
 
 class Task(ABC):
+    """One kind of search (merge, digits, synthetic): what a genome means, what is scored and
+    which way is better. Built by `evomerge.tasks.registry.build_task`."""
+
     objectives: list[tuple[str, str]]
     reference_point: dict[str, float]
 
+    @staticmethod
     @abstractmethod
-    def controller_setup(self, controller_kind: str, archive_size: int) -> ControllerSetup: ...
+    def objectives_of(cfg: Any) -> tuple[list[tuple[str, str]], dict[str, float]]:
+        """A config's objectives (name, direction) and reference point, without building
+        data or models (report and export read them this way)."""
+
+    @abstractmethod
+    def controller_setup(self, controller_kind: str, population: int) -> ControllerSetup:
+        """The start, box and initial members the controller of this kind begins from."""
 
     @abstractmethod
     def decode(self, genome: np.ndarray) -> Any:
@@ -60,35 +57,5 @@ class Task(ABC):
         return {"genome": [float(v) for v in genome]}
 
     @abstractmethod
-    def worker(self) -> TaskWorker: ...
-
-    def archive(self) -> ParetoArchive:
-        return ParetoArchive([Objective(n, d) for n, d in self.objectives], self.reference_point)
-
-
-def task_objectives(cfg: Any) -> tuple[list[tuple[str, str]], dict[str, float]]:
-    """A config's objectives and reference point, without building data or models."""
-    if cfg.task.kind == "merge":
-        objs = [(o.name, o.direction) for o in cfg.task.objectives]
-        ref = {o.name: (o.reference if o.reference is not None else 0.0)
-               for o in cfg.task.objectives}
-        return objs, ref
-    if cfg.task.kind == "synthetic":
-        return [("score", "maximize")], {"score": 0.0}
-    return [("accuracy", "maximize")], {"accuracy": 0.0}
-
-
-def build_task(cfg: Any, origin: str = "<config>", prepare: bool = True) -> Task:
-    """The task a config names. `prepare=False` skips what needs data or weights (enough to
-    decode genomes, e.g. for export)."""
-    if cfg.task.kind == "merge":
-        from evomerge.tasks.merge import MergeTask
-
-        return MergeTask(cfg, origin, prepare)
-    if cfg.task.kind == "synthetic":
-        from evomerge.tasks.synthetic import SyntheticTask
-
-        return SyntheticTask(cfg)
-    from evomerge.tasks.digits import DigitsTask
-
-    return DigitsTask(cfg)
+    def worker(self) -> TaskWorker:
+        """The evaluating side, built where candidates are scored (once per worker)."""

@@ -16,11 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from evomerge.evaluate.base import Evaluator, EvaluatorError, build_evaluator
-from evomerge.merge.streaming import MergeError, MergeOptions, check_compatible, open_models
+from evomerge.errors import ConfigError
+from evomerge.evaluate.base import Evaluator, EvaluatorError
+from evomerge.evaluate.registry import build_evaluator
+from evomerge.merge.errors import MergeError
+from evomerge.merge.options import MergeOptions
+from evomerge.merge.sources import check_compatible, open_models
 from evomerge.recipe import Recipe
-from evomerge.search_config import ConfigError
-from evomerge.tasks.base import ControllerSetup, Task, TaskWorker, task_objectives
+from evomerge.search.protocol import ControllerSetup
+from evomerge.tasks.base import Task, TaskWorker
 
 
 class MergeWorker(TaskWorker):
@@ -35,6 +39,7 @@ class MergeWorker(TaskWorker):
         self.sample_scores = spec.sample_scores
 
     def evaluate(self, payload: Recipe, split: str, fraction: float = 1.0):
+        """Build the recipe's model, run every evaluator, and pick out the objectives and scores."""
         t0 = time.perf_counter()
         model = self.builder.build(payload)
         t1 = time.perf_counter()
@@ -74,6 +79,7 @@ class MergeWorker(TaskWorker):
         return np.concatenate(parts) if parts else None
 
     def close(self) -> None:
+        """Release the builder's resident sources and live model."""
         self.builder.close()
 
 
@@ -83,7 +89,7 @@ def _merge_builder(spec: Any) -> Any:
 
     c = spec.candidate
     return CandidateBuilder(spec.base, spec.sources, dtype=c.dtype, device=c.device,
-                            workers=c.merge_threads, allow_pickle=spec.allow_pickle,
+                            threads=c.merge_threads, allow_pickle=spec.allow_pickle,
                             allow_download=spec.allow_download,
                             cache_bytes=None if c.selection_cache_gib is None
                             else int(c.selection_cache_gib * 2**30))
@@ -103,11 +109,13 @@ BUILDERS = {"ps": _merge_builder, "seed_mixture": _merge_builder, "dfs": _route_
 
 
 class MergeTask(Task):
+    """Genomes → merge recipes over the config's sources, scored by its evaluators."""
+
     def __init__(self, cfg: Any, origin: str = "<config>", prepare: bool = True):
         self.cfg = cfg
         self.spec = spec = cfg.task
         self.origin = origin
-        self.objectives, self.reference_point = task_objectives(cfg)
+        self.objectives, self.reference_point = self.objectives_of(cfg)
         self.space = self._space()
         self.evaluators: dict[str, Evaluator] = {}
         self._worker: MergeWorker | None = None
@@ -225,7 +233,16 @@ class MergeTask(Task):
             for m in models:
                 m.close()
 
-    def controller_setup(self, controller_kind: str, archive_size: int) -> ControllerSetup:
+    @staticmethod
+    def objectives_of(cfg: Any) -> tuple[list[tuple[str, str]], dict[str, float]]:
+        """The config's objectives; a reference point not given is 0."""
+        objs = [(o.name, o.direction) for o in cfg.task.objectives]
+        ref = {o.name: (o.reference if o.reference is not None else 0.0)
+               for o in cfg.task.objectives}
+        return objs, ref
+
+    def controller_setup(self, controller_kind: str, population: int) -> ControllerSetup:
+        """The space's start and box; M2N2 also gets seeds or random box points for its archive."""
         sp = self.space
         x0 = sp.initial()
         if controller_kind != "m2n2":
@@ -237,7 +254,7 @@ class MergeTask(Task):
                                    SeedMixtures(self.gram()))
         # M2N2 over PS genomes: the centre plus random points of the box fill the archive
         rng = np.random.default_rng(self.cfg.seed)
-        initial = [x0] + [rng.uniform(sp.lower, sp.upper) for _ in range(archive_size - 1)]
+        initial = [x0] + [rng.uniform(sp.lower, sp.upper) for _ in range(population - 1)]
         return ControllerSetup(x0, sp.lower, sp.upper, initial)
 
     def gram(self) -> np.ndarray:
@@ -270,18 +287,22 @@ class MergeTask(Task):
 
     # --- per candidate ---------------------------------------------------------------------
     def decode(self, genome: np.ndarray) -> Recipe:
+        """The merge recipe the genome stands for in the config's space."""
         return self.space.decode(genome)
 
     def cache_key(self, payload: Recipe) -> str:
+        """The recipe's digest: genomes that decode to the same recipe are evaluated once."""
         return payload.digest()
 
     def log_fields(self, genome: np.ndarray, payload: Any) -> dict[str, Any]:
+        """The genome and its recipe's digest, so export can tell when the config has changed."""
         fields: dict[str, Any] = {"genome": [float(v) for v in genome]}
         if isinstance(payload, Recipe):
             fields["recipe_digest"] = payload.digest()
         return fields
 
     def worker(self) -> TaskWorker:
+        """The merge worker, built on first use (it loads the sources) and then reused."""
         if self._worker is None:
             try:
                 self._worker = MergeWorker(self.spec, self.evaluators,

@@ -12,15 +12,19 @@ from typing import Any
 
 import numpy as np
 
-from evomerge.tasks.base import ControllerSetup, Task, TaskWorker, task_objectives
+from evomerge.search.protocol import ControllerSetup
+from evomerge.tasks.base import Task, TaskWorker
 
 
 class SyntheticWorker(TaskWorker):
+    """Sleeps the genome's drawn time, then scores it against a fixed target."""
+
     def __init__(self, spec: Any):
         self.spec = spec
         self.target = np.linspace(0.2, 0.8, spec.dimension)
 
     def seconds(self, genome: np.ndarray) -> float:
+        """The evaluation time drawn from the genome (the same on every replay)."""
         digest = hashlib.blake2b(np.ascontiguousarray(genome).tobytes(), digest_size=8)
         rng = np.random.default_rng(int.from_bytes(digest.digest(), "little"))
         return float(self.spec.median_seconds * np.exp(self.spec.tail * rng.standard_normal()))
@@ -34,20 +38,30 @@ class SyntheticWorker(TaskWorker):
 
 
 class SyntheticTask(Task):
-    def __init__(self, cfg: Any):
+    """Genomes in the unit box, a smooth score with per-sample scores, a heavy-tailed cost."""
+
+    def __init__(self, cfg: Any, origin: str = "<config>", prepare: bool = True):
         self.cfg = cfg
         self.spec = cfg.task
-        self.objectives, self.reference_point = task_objectives(cfg)
+        self.objectives, self.reference_point = self.objectives_of(cfg)
 
-    def controller_setup(self, controller_kind: str, archive_size: int) -> ControllerSetup:
+    @staticmethod
+    def objectives_of(cfg: Any) -> tuple[list[tuple[str, str]], dict[str, float]]:
+        """One score, maximised, from 0."""
+        return [("score", "maximize")], {"score": 0.0}
+
+    def controller_setup(self, controller_kind: str, population: int) -> ControllerSetup:
+        """The unit box from its centre; M2N2 gets a full archive of random points, others one."""
         d = self.spec.dimension
         rng = np.random.default_rng(self.cfg.seed)
-        n = archive_size if controller_kind == "m2n2" else 1
+        n = population  # M2N2: its archive; the others: one
         initial = [rng.uniform(0, 1, d) for _ in range(n)]
         return ControllerSetup(np.full(d, 0.5), np.zeros(d), np.ones(d), initial=initial)
 
     def decode(self, genome: np.ndarray) -> np.ndarray:
+        """The genome clipped to the unit box, which is what the worker scores."""
         return np.clip(genome, 0.0, 1.0)
 
     def worker(self) -> TaskWorker:
+        """A new synthetic worker per call; it holds only the spec and its target."""
         return SyntheticWorker(self.spec)

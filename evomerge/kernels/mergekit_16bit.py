@@ -11,7 +11,9 @@ operations, trims included (a magnitude sort, as mergekit does), so the same con
 same weights.
 
 It holds whole tensors and sorts, so it is slower and larger than the float32 path: it exists
-to match mergekit, not as the default.
+to match mergekit, not as the default. Which of these functions a method runs is the method's
+own `merge_16bit` (evomerge.merge_methods); merge_tensor sends a recipe with a 16-bit
+`compute_dtype` there, its inputs rounded to that dtype.
 """
 
 from __future__ import annotations
@@ -20,46 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-from evomerge.recipe import Recipe, TensorSite
-
-_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 _SLERP_CHUNK = 1024 * 1024  # mergekit's slerp sums its norms and dot product in such chunks
-
-
-def merge_tensor_like_mergekit(recipe: Recipe, site: TensorSite, base: torch.Tensor | None,
-                               sources: list[torch.Tensor], out_dtype: torch.dtype
-                               ) -> torch.Tensor:
-    """One output tensor as mergekit computes it at `recipe.compute_dtype`."""
-    assert recipe.compute_dtype is not None
-    compute = _DTYPES[recipe.compute_dtype]
-    ins = [s.to(compute) for s in sources]
-    b = base.to(compute) if base is not None else None
-    m = recipe.method
-    if m == "slerp":
-        x, y = (b, ins[0]) if b is not None else (ins[0], ins[1])
-        return slerp(float(recipe.shared_param("t", site)), x, y).to(out_dtype)
-    weights = [recipe.source_param(i, "weight", site) for i in range(len(ins))]
-    if m == "linear":
-        return linear(ins, weights, bool(recipe.shared_param("normalize", site))).to(out_dtype)
-    if m.startswith("dare"):  # the recipe validator refuses this; keep the error plain
-        raise ValueError(f"compute_dtype: {m} cannot match mergekit's random drops")
-    assert b is not None
-    trims = []
-    for i in range(len(ins)):
-        if m == "task_arithmetic":  # no trim, and no density to read
-            trims.append(None)
-            continue
-        density = recipe.source_param(i, "density", site)
-        if m.startswith("breadcrumbs"):
-            gamma = recipe.source_param(i, "gamma", site)
-            trims.append(lambda d, density=density, gamma=gamma: trim_outliers(d, density, gamma))
-        else:  # ties
-            trims.append(lambda d, density=density: trim_magnitude(d, density))
-    out = task_arithmetic_family(
-        b, ins, weights, trims, consensus=m in ("ties", "breadcrumbs_ties"),
-        lam=float(recipe.shared_param("lambda", site)),
-        normalize=bool(recipe.shared_param("normalize", site)))
-    return out.to(out_dtype)
 
 
 def linear(tensors: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool

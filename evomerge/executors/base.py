@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ from evomerge.tasks.base import TaskWorker
 
 @dataclass
 class Job:
+    """What an executor is asked to score: one decoded candidate, on a split, at a fidelity."""
     candidate_id: int
     payload: Any
     split: str = "search"
@@ -33,6 +34,7 @@ def describe_job(job: Job) -> str:
 
 @dataclass
 class Outcome:
+    """What a job returned: objectives, per-sample scores, or the error that failed it."""
     objectives: dict[str, float] = field(default_factory=dict)
     scores: np.ndarray | None = None
     status: str = "ok"  # "ok" or "failed"
@@ -86,14 +88,6 @@ class Executor(ABC):
     def states(self) -> list[str]:
         """One short line per worker, for a person watching the run."""
         return [f"busy: {self.running()} job(s)" if self.running() else "idle"]
-
-    def run(self, jobs: list[Job]) -> Iterator[tuple[Job, Outcome]]:
-        """Evaluate a batch, yielding each job with its outcome as it finishes."""
-        queue = list(jobs)
-        while queue or self.running():
-            while queue and self.running() < self.capacity:
-                self.submit(queue.pop(0))
-            yield self.wait()
 
     def close(self) -> None:
         """Stop workers and free what they hold."""

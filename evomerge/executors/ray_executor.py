@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from evomerge.workers.base import (
+from evomerge.executors.base import (
     Executor,
     Job,
     Outcome,
@@ -31,6 +31,8 @@ from evomerge.workers.base import (
     describe_job,
     evaluate_job,
 )
+from evomerge.search_config import SearchConfig
+from evomerge.tasks.registry import build_task
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +47,6 @@ class NoWorkersError(WorkerError):
 def actor_config(config: dict[str, Any]) -> Any:
     """The config as an actor runs it: Ray shows each GPU actor only its own GPU (as cuda:0),
     so `cuda:N` becomes `cuda`."""
-    from evomerge.search_config import SearchConfig
-
     cfg = SearchConfig.model_validate(config, context={"frozen": True})
     candidate = getattr(cfg.task, "candidate", None)
     if candidate is not None and candidate.device.startswith("cuda"):
@@ -54,7 +54,7 @@ def actor_config(config: dict[str, Any]) -> Any:
     return cfg
 
 
-class _Worker:
+class _WorkerActor:
     """The actor body. Its constructor is cheap, so the driver can tell a worker waiting for a
     node (`whoami` unanswered: bounded by the placement grace period) from one building its
     task (`setup`: minutes for a large model, and Ray reports its node's loss)."""
@@ -66,8 +66,6 @@ class _Worker:
         self.worker: Any = None
 
     def setup(self, config: dict[str, Any], origin: str) -> None:
-        from evomerge.tasks.base import build_task
-
         self.worker = build_task(actor_config(config), origin).worker()
 
     def whoami(self) -> tuple[int, str]:
@@ -106,6 +104,7 @@ class _Flight:
 
 @dataclass
 class RaySettings:
+    """The config's Ray executor settings: workers, resources, timeouts and failure limits."""
     workers: int = 2
     address: str | None = None
     cpus_per_worker: float = 1.0
@@ -116,6 +115,7 @@ class RaySettings:
 
 
 class RayExecutor(Executor):
+    """Evaluates jobs on Ray actors, replacing workers that die, hang or cannot be placed."""
     def __init__(self, config: dict[str, Any], origin: str, settings: RaySettings):
         import ray
 
@@ -131,7 +131,7 @@ class RayExecutor(Executor):
         self._warned = False  # the "waiting for workers" warning, once per wait
         if not ray.is_initialized():
             self._init_ray()
-        self._remote = ray.remote(_Worker)
+        self._remote = ray.remote(_WorkerActor)
         try:
             self._start_all()
         except BaseException:  # Ctrl-C included: what was started is stopped
@@ -288,6 +288,7 @@ class RayExecutor(Executor):
 
     @property
     def capacity(self) -> int:  # type: ignore[override]
+        """Jobs that can run at once: one per worker slot not retired."""
         return sum(1 for s in self.slots if s.retired is None)
 
     def pids(self) -> dict[int, int]:
@@ -296,6 +297,7 @@ class RayExecutor(Executor):
 
     # --- jobs -----------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
+        """Queue the job and hand it to an idle worker if one is up."""
         self._waiting.append(_Flight(job, time.time()))
         self._dispatch()
 
@@ -310,6 +312,7 @@ class RayExecutor(Executor):
                 self._flights[slot.actor.evaluate.remote(flight.job)] = flight
 
     def states(self) -> list[str]:
+        """Per worker: its job and how long it has run, or placing, starting, idle or retired."""
         now = time.time()  # the clock `dispatched` is read on
         flying = {id(f.slot): f for f in self._flights.values() if f.slot is not None}
         out = []
@@ -334,9 +337,11 @@ class RayExecutor(Executor):
         return out
 
     def running(self) -> int:
+        """Jobs on workers plus jobs waiting for one (re-runs included)."""
         return len(self._flights) + len(self._waiting)
 
     def wait(self) -> tuple[Job, Outcome]:
+        """The next finished job; a dead worker's job re-runs elsewhere, a timed-out one fails."""
         import ray
 
         while True:

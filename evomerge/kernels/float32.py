@@ -1,4 +1,9 @@
-"""Merge methods as pure tensor functions (docs/design.md §3).
+"""The float32 arithmetic behind the merge methods: pure tensor functions (docs/design.md §3).
+
+What a method is (its parameters, defaults, mergekit name) is declared in the method registry,
+evomerge.merge_methods, whose tensor functions call these; the named combinations below
+(`ties`, `dare_ties`, ...) are the same arithmetic, kept as a direct API and as the references
+tests compare the registry against.
 
 Inputs are tensors of one shape in any float dtype (bf16 sources stay bf16 in memory); every
 method computes in float32, chunk by chunk, and returns float32. Semantics follow mergekit
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -60,24 +66,30 @@ class TopK:
 
     # Two histogram passes; the caller feeds chunks in index order to each `*_pass`.
     def active(self, n: int) -> bool:
+        """Whether a threshold is needed at all over n entries (keep none or all: no)."""
         return 0 < self.k < n
 
     def start(self) -> None:
+        """Begin the first pass (a histogram of the high 16 bits of |x|)."""
         self._hi = torch.zeros(1 << 15, dtype=torch.int64)
 
     def hi_pass(self, d: torch.Tensor) -> None:
+        """Count one chunk into the high-bits histogram."""
         self._hi += torch.bincount(_abs_bits(d) >> 16, minlength=1 << 15)
 
     def between_passes(self) -> None:
+        """Fix the high bits of the threshold; begin the low-bits histogram inside them."""
         self._b, above = _last_at_least(self._hi, self.k)
         self._need = self.k - above
         self._lo = torch.zeros((1 << 16) + 2, dtype=torch.int64)
 
     def lo_pass(self, d: torch.Tensor) -> None:
+        """Count one chunk into the low-bits histogram."""
         rel = (_abs_bits(d) - (self._b << 16)).clamp_(-1, 1 << 16).add_(1)
         self._lo += torch.bincount(rel, minlength=(1 << 16) + 2)
 
     def finish(self) -> None:
+        """Fix the exact threshold and how many entries equal to it survive."""
         lo = self._lo[1:-1]
         c, above_lo = _last_at_least(lo, self._need)
         self.threshold = (self._b << 16) | c
@@ -131,6 +143,7 @@ class KeepRule:
                 if t is not None and t.active(n) and not t.prepared]
 
     def apply(self, d: torch.Tensor) -> torch.Tensor:
+        """Zero (in place) the entries of the next chunk that do not survive."""
         if self.uniforms is not None:
             u = self.uniforms[self._pos:self._pos + d.numel()].reshape(d.shape)
             self._pos += d.numel()
@@ -349,38 +362,57 @@ def linear(sources: Sequence[torch.Tensor], weights: Sequence[float], normalize:
     return out.reshape(sources[0].shape)
 
 
-def task_arithmetic(base, sources, weights, lam=1.0, normalize=False, **kw) -> torch.Tensor:
+_Tensors = Sequence[torch.Tensor]
+_Cached = Sequence[torch.Tensor | None] | None
+
+
+def task_arithmetic(base: torch.Tensor, sources: _Tensors, weights: Sequence[float],
+                    lam: float = 1.0, normalize: bool = False, **kw: Any) -> torch.Tensor:
+    """θ₀ + λ Σ w_k τ_k: no trim, no sign election."""
     return task_vector_merge(base, sources, weights, None, False, lam, normalize, **kw)
 
 
 # `ranks` / `uniforms`: optional per-source caches (None where absent) that give the
 # same selection without the histogram passes or the random draws.
-def ties(base, sources, weights, densities, lam=1.0, normalize=True, ranks=None,
-         **kw) -> torch.Tensor:
+def ties(base: torch.Tensor, sources: _Tensors, weights: Sequence[float],
+         densities: Sequence[float], lam: float = 1.0, normalize: bool = True,
+         ranks: _Cached = None, **kw: Any) -> torch.Tensor:
+    """TIES: top-d trim by magnitude, then sign election."""
     cached = ranks or [None] * len(densities)
     rules = [magnitude_rule(d, base.numel(), c) for d, c in zip(densities, cached, strict=True)]
     return task_vector_merge(base, sources, weights, rules, True, lam, normalize, **kw)
 
 
-def _dare_rules(densities, generators, uniforms) -> list[KeepRule | None]:
+def _dare_rules(densities: Sequence[float], generators: Sequence[torch.Generator],
+                uniforms: _Cached) -> list[KeepRule | None]:
     cached = uniforms or [None] * len(densities)
     return [dare_rule(d, g, u) for d, g, u in zip(densities, generators, cached, strict=True)]
 
 
-def dare_linear(base, sources, weights, densities, generators, lam=1.0, normalize=False,
-                uniforms=None, **kw) -> torch.Tensor:
+def dare_linear(base: torch.Tensor, sources: _Tensors, weights: Sequence[float],
+                densities: Sequence[float], generators: Sequence[torch.Generator],
+                lam: float = 1.0, normalize: bool = False, uniforms: _Cached = None,
+                **kw: Any) -> torch.Tensor:
+    """DARE's random drops (survivors rescaled by 1/d), no sign election."""
     rules = _dare_rules(densities, generators, uniforms)
     return task_vector_merge(base, sources, weights, rules, False, lam, normalize, **kw)
 
 
-def dare_ties(base, sources, weights, densities, generators, lam=1.0, normalize=False,
-              uniforms=None, **kw) -> torch.Tensor:
+def dare_ties(base: torch.Tensor, sources: _Tensors, weights: Sequence[float],
+              densities: Sequence[float], generators: Sequence[torch.Generator],
+              lam: float = 1.0, normalize: bool = False, uniforms: _Cached = None,
+              **kw: Any) -> torch.Tensor:
+    """DARE's random drops, then sign election."""
     rules = _dare_rules(densities, generators, uniforms)
     return task_vector_merge(base, sources, weights, rules, True, lam, normalize, **kw)
 
 
-def breadcrumbs(base, sources, weights, densities, gammas, lam=1.0, normalize=False,
-                sign_consensus=False, ranks=None, **kw) -> torch.Tensor:
+def breadcrumbs(base: torch.Tensor, sources: _Tensors, weights: Sequence[float],
+                densities: Sequence[float], gammas: Sequence[float], lam: float = 1.0,
+                normalize: bool = False, sign_consensus: bool = False, ranks: _Cached = None,
+                **kw: Any) -> torch.Tensor:
+    """Breadcrumbs: drop the largest gamma and the smallest entries; TIES' election with
+    `sign_consensus` (breadcrumbs_ties)."""
     cached = ranks or [None] * len(densities)
     rules = [outlier_rule(d, g, base.numel(), c)
              for d, g, c in zip(densities, gammas, cached, strict=True)]
