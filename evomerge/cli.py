@@ -162,7 +162,10 @@ def _run_search(make_run, quiet: bool) -> None:
         raise typer.Exit(130) from None
     best = state.best
     summary = f"{state.trials}/{run.cfg.budget} trials in {run.dir}"
-    if best:
+    if best and best.get("validation"):  # chosen on validation: its test figures
+        summary += f"; best trial {best['trial']} (chosen on the validation split), test: " + \
+            ", ".join(f"{k} {v:.4g}" for k, v in best["heldout"].items())
+    elif best:
         summary += f"; best trial {best['trial']}: " + ", ".join(
             f"{k} {v:.4g}" for k, v in best["objectives"].items())
     typer.echo(summary)
@@ -271,7 +274,9 @@ def build_zoo(
              "chat/); skills: the quickstart's base and skill experts, trained here "
              "(base/, math/, rev/, sort/, lang_b/; about a minute); smollm2: "
              "SmolLM2-135M-Instruct converted from the GGUF of the smollm2 extra (base/) and two "
-             "experts fine-tuned from it here (math/, french/; about 10 minutes).")]
+             "experts fine-tuned from it here (math/, french/; about 10 minutes); smollm2_mix: "
+             "the same base and three experts whose prompts share digits, so they interfere "
+             "(math/, french/, english/; about 20 minutes).")]
     = "example",
     size: Annotated[str, typer.Option(help="example zoo: tiny (~0.2M parameters) or small "
                                            "(~6.6M).")] = "tiny",

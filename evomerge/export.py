@@ -20,23 +20,31 @@ from evomerge.mergekit_yaml import mergekit_text
 from evomerge.recipe import Recipe, RecipeError
 from evomerge.run.directory import RunDirectory
 from evomerge.run.errors import RunError
-from evomerge.run.trial_log import archive_from_lines, is_full
+from evomerge.run.trial_log import archive_from_lines, best_line, is_full
 from evomerge.search_config import SearchConfig
 from evomerge.tasks.registry import build_task, task_objectives
 
 
 def trial_recipe(files: RunDirectory, cfg: SearchConfig, line: dict[str, Any]) -> Recipe:
-    """The recipe a logged trial evaluated, rebuilt from its genome and the frozen config
-    (checked against the recipe digest logged with it)."""
+    """The recipe a logged trial evaluated, rebuilt from its genome (or, for a baseline its
+    space cannot express, from the config's baselines) and checked against the recipe
+    digest logged with it."""
     task = build_task(cfg, str(files.config_path), prepare=False)
-    if "genome" not in line:
+    if "genome" not in line and "baseline" in line:  # a hand-set recipe outside the space
+        found = [b for b in task.baselines() if b.name == line["baseline"]]
+        if not found:
+            raise RunError(f"{files.config_path}: trial {line['trial']} is the baseline "
+                           f"{line['baseline']!r}, which the config no longer lists")
+        recipe, what = found[0].payload, f"baseline {line['baseline']!r} is now"
+    elif "genome" not in line:
         raise RunError(f"{files.trials_path}: trial {line['trial']} has no logged genome")
-    recipe = task.decode(np.asarray(line["genome"], dtype=np.float64))
+    else:
+        recipe = task.decode(np.asarray(line["genome"], dtype=np.float64))
+        what = f"trial {line['trial']}'s genome decodes to"
     want = line.get("recipe_digest")
     if want is not None and recipe.digest() != want:
-        raise RunError(f"{files.config_path}: trial {line['trial']}'s genome decodes to "
-                       f"recipe {recipe.digest()}, but the log says {want}; the config was "
-                       "changed after the run")
+        raise RunError(f"{files.config_path}: {what} recipe {recipe.digest()}, but the log "
+                       f"says {want}; the config was changed after the run")
     return recipe
 
 
@@ -59,10 +67,11 @@ def choose_trials(files: RunDirectory, cfg: SearchConfig, trial: int | None, bes
     lines = [x for x in lines if is_full(x)]  # best/front: full fidelity
     if not lines:
         raise RunError(f"{files.trials_path}: no trial scored on the whole search split yet")
-    if best:
-        name, direction = objectives[0]
-        sign = 1.0 if direction == "maximize" else -1.0
-        return [max(lines, key=lambda x: (sign * x["objectives"][name], -x["trial"]))]
+    if best:  # on the validation split where the run has one (docs/design.md §7.5)
+        chosen = best_line([x for x in lines if "heldout" in x], objectives) or \
+            best_line(lines, objectives)
+        assert chosen is not None
+        return [chosen]
     archive = archive_from_lines(lines, objectives, reference)
     by_trial = {x["trial"]: x for x in lines}
     return [by_trial[e.trial_id] for e in archive.front()]

@@ -1,6 +1,7 @@
-"""The run's pictures, drawn from its trial log: best score against evaluations (search split,
-with the held-out score of each new best), the Pareto front, and hypervolume against
-evaluations. PNG files in `<run>/plots/`, each written to a temporary name and renamed."""
+"""The run's pictures, drawn from its trial log: best score against evaluations (search
+split, with the test score of each new best and the best baseline as reference lines), the
+Pareto front (baselines marked), and hypervolume against evaluations. PNG files in
+`<run>/plots/`, each written to a temporary name and renamed."""
 
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def write_plots(run_dir: Path, lines: list[dict[str, Any]],
         ax.scatter([x["trial"] for x in ok], [x["objectives"][name] for x in ok], s=4,
                    alpha=0.3, color="grey", label="trials")
         if held:
-            ax.scatter(held_x, held, s=14, color="C3", label="held-out, when scored")
+            ax.scatter(held_x, held, s=14, color="C3", label="test split, when scored")
+        _baseline_lines(ax, ok, name, sign)
         ax.set_title(f"{name} ({direction})")
         ax.set_xlabel("evaluations")
     axes[0][0].legend(fontsize=7)
@@ -64,6 +66,11 @@ def write_plots(run_dir: Path, lines: list[dict[str, Any]],
                        color="grey", label="trials")
             ax.scatter([e.values[names[i]] for e in front], [e.values[names[j]] for e in front],
                        s=18, color="C3", label="Pareto front")
+            base = [x for x in ok if "baseline" in x]
+            if base:
+                ax.scatter([x["objectives"][names[i]] for x in base],
+                           [x["objectives"][names[j]] for x in base], s=30, marker="x",
+                           color="C2", label="baselines")
             ax.set_xlabel(names[i])
             ax.set_ylabel(names[j])
         axes[0][0].legend(fontsize=7)
@@ -79,6 +86,20 @@ def write_plots(run_dir: Path, lines: list[dict[str, Any]],
         ax.set_title("hypervolume of the front (search split)")
         written.append(_save(fig, out / "hypervolume.png"))
     return written
+
+
+def _baseline_lines(ax: Any, ok: list[dict[str, Any]], name: str, sign: float) -> None:
+    """The best hand-set baseline as a reference line: search split (dashed) and test
+    split (dotted), so a search that ends below what a person would set shows it."""
+    base = [x for x in ok if "baseline" in x]
+    if not base:
+        return
+    best = max(base, key=lambda x: sign * x["objectives"][name])
+    ax.axhline(best["objectives"][name], color="C2", linestyle="--", linewidth=1,
+               label=f"best baseline ({best['baseline']}), search")
+    test = (best.get("heldout") or {}).get(name)
+    if test is not None:
+        ax.axhline(test, color="C2", linestyle=":", linewidth=1, label="that baseline, test")
 
 
 def _save(fig: Any, path: Path) -> Path:

@@ -104,6 +104,10 @@ class Progress:
         best = info.get("best") or {}
         if best:
             table.add_row("best so far", "  ".join(f"{k} {v:.4g}" for k, v in best.items()))
+        baseline = info.get("baseline") or {}
+        if baseline:  # what a person would have set by hand, on the same split
+            table.add_row("best baseline",
+                          "  ".join(f"{k} {v:.4g}" for k, v in baseline.items()))
         if info.get("front"):
             hv = info.get("hypervolume")
             table.add_row("Pareto front", f"{info['front']} trial(s)" + (

@@ -24,7 +24,7 @@ from pydantic import (
 
 from evomerge.errors import ConfigError
 from evomerge.evaluate.specs import EvaluatorSpec
-from evomerge.merge_methods import METHODS, PARAM_RANGES, SEARCH_RANGES
+from evomerge.merge_methods import METHODS, PARAM_RANGES, SEARCH_RANGES, get_method
 from evomerge.models import zoos
 from evomerge.models.architecture import TENSOR_KINDS
 from evomerge.models.smollm2 import SmolLM2Error
@@ -137,6 +137,11 @@ class ObjectiveSpec(BaseModel):
     direction: Literal["maximize", "minimize"] = "maximize"
     # the Pareto reference point's coordinate: a value worse than any candidate should score
     reference: float | None = None
+    # what the controller sees on the search split, when not the reported metric(s) (which
+    # the validation and test splits give): a smoother per-item signal, e.g. the answer's
+    # probability `task/p_answer` for exact match; one per metric, in order
+    search_metric: str | None = Field(None, min_length=1)
+    search_metrics: list[str] | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ObjectiveSpec:
@@ -144,20 +149,60 @@ class ObjectiveSpec(BaseModel):
             raise ValueError("give exactly one of metric or metrics")
         if (self.metrics is None) != (self.combine is None):
             raise ValueError("metrics and combine go together (combine: min or mean)")
+        if self.search_metric is not None and self.metric is None:
+            raise ValueError("search_metric goes with metric (search_metrics with metrics)")
+        if self.search_metrics is not None and (
+                self.metrics is None or len(self.search_metrics) != len(self.metrics)):
+            raise ValueError("search_metrics: one per entry of metrics, in order")
         return self
 
     @property
     def parts(self) -> list[str]:
-        """The evaluator metrics this objective reads."""
+        """The evaluator metrics this objective reports (validation and test splits)."""
         return list(self.metrics) if self.metrics else [str(self.metric)]
 
-    def value(self, metrics: dict[str, float]) -> float | None:
-        values = [metrics.get(m) for m in self.parts]
+    @property
+    def search_parts(self) -> list[str]:
+        """The metrics it reads on the search split (the reported ones unless told)."""
+        if self.search_metrics:
+            return list(self.search_metrics)
+        return [self.search_metric] if self.search_metric else self.parts
+
+    def value(self, metrics: dict[str, float], search: bool = False) -> float | None:
+        """The objective from an evaluation's metrics (`search`: the search split's)."""
+        values = [metrics.get(m) for m in (self.search_parts if search else self.parts)]
         if any(v is None for v in values):
             return None
         if self.combine == "mean":
             return float(sum(values) / len(values))  # type: ignore[arg-type]
         return float(min(values))  # type: ignore[type-var]
+
+
+class BaselineSpec(BaseModel):
+    """A hand-set recipe scored before the search on the same splits as every candidate: a
+    reference line in the live view, report and plots, and a starting point for the
+    controller when the run's space can express it (docs/design.md §7.5)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    method: Literal[METHODS]  # type: ignore[valid-type]
+    # a per-source parameter: one value for every source, or a list (one per source);
+    # a shared one (t, lambda, normalize, ...): one value
+    parameters: dict[str, float | list[float]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_parameters(self) -> BaselineSpec:
+        method = get_method(self.method)
+        per_source, shared = method.per_source_defaults, method.shared_defaults
+        for key, value in self.parameters.items():
+            if key not in per_source and key not in shared:
+                raise ValueError(f"parameters.{key}: not a parameter of {self.method} "
+                                 f"(it reads {sorted({*per_source, *shared})})")
+            if key in shared and isinstance(value, list):
+                raise ValueError(f"parameters.{key}: one value (a parameter shared by the "
+                                 "sources)")
+        return self
 
 
 class CandidateSpec(BaseModel):
@@ -190,6 +235,10 @@ class MergeTaskSpec(BaseModel):
     # objective that has per-sample scores
     sample_scores: list[str] | None = None
     candidate: CandidateSpec = Field(default_factory=CandidateSpec)
+    # hand-set recipes scored first (docs/design.md §7.5); None: each source alone, task
+    # arithmetic at 1 and at 1/n, TIES and DARE-TIES at density 0.5 and weight 1, those the
+    # run's space can express; []: none
+    baselines: list[BaselineSpec] | None = None
     allow_pickle: bool = False
     allow_download: bool = False
 
@@ -222,6 +271,19 @@ class MergeTaskSpec(BaseModel):
                                  f"{ev!r} is not an evaluator")
         if self.space.kind == "seed_mixture" and len(self.sources) < 2:
             raise ValueError("sources: a seed mixture needs at least two seed models")
+        names = [b.name for b in self.baselines or []]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"baselines: the name {dup[0]!r} is used twice")
+        for i, b in enumerate(self.baselines or []):
+            for key, value in b.parameters.items():
+                if isinstance(value, list) and len(value) != len(self.sources):
+                    raise ValueError(f"baselines[{i}].parameters.{key}: {len(value)} values "
+                                     f"for {len(self.sources)} sources")
+        if self.baselines and self.space.kind == "dfs":
+            raise ValueError("baselines: a data-flow search routes layers and merges no "
+                             "parameters; its baseline is model A (sources[0]) alone: leave "
+                             "baselines out, or [] for none")
         if self.space.kind == "dfs" and self.base is not None:
             raise ValueError("base: a data-flow search routes the sources' layers and merges "
                              "nothing; leave the base out (sources[0] is model A)")
@@ -235,7 +297,7 @@ class MergeTaskSpec(BaseModel):
                 if o.metric is None:
                     raise ValueError(f"sample_scores: objective {entry!r} combines metrics; "
                                      "name the metrics themselves")
-                return str(o.evaluator), o.metric
+                return str(o.evaluator), o.search_metric or o.metric
         if ":" in entry:
             ev, _, metric = entry.partition(":")
             return ev, metric
@@ -312,6 +374,22 @@ class SearchConfig(BaseModel):
     # when the budget is spent: the best trial (first objective) as <run>/best, a model dir
     # with its recipe and mergekit YAML
     export_best: bool = False
+    # besides the Pareto front's entrants, the trials among the best `rescore_top` so far by
+    # the first objective are scored on the validation and test splits (the validation split
+    # chooses the best; docs/design.md §7.5)
+    rescore_top: int = Field(3, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _frozen_before_baselines(cls, data: Any, info: ValidationInfo) -> Any:
+        """Runs frozen before baselines and top-k re-scoring existed continue as they ran."""
+        if not (info.context and info.context.get("frozen")) or not isinstance(data, dict):
+            return data
+        data = {"rescore_top": 0, **data}
+        task = data.get("task")
+        if isinstance(task, dict) and task.get("kind") == "merge":
+            data["task"] = {"baselines": [], **task}
+        return data
 
     @field_validator("controller", mode="before")
     @classmethod
@@ -361,6 +439,14 @@ class SearchConfig(BaseModel):
                 node = node.get(p) if isinstance(node, dict) else None
             if isinstance(node, dict) and node.get(last, default) == default:
                 node.pop(last, None)
+        for ev in (data.get("task") or {}).get("evaluators") or []:
+            for key in _LATE_EVALUATOR_KEYS:
+                if ev.get(key, _UNSET) in (None, False):
+                    ev.pop(key)
+        for o in (data.get("task") or {}).get("objectives") or []:
+            for key in ("search_metric", "search_metrics"):
+                if key in o and o[key] is None:
+                    o.pop(key)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:
@@ -375,7 +461,13 @@ _LATE_KEYS: list[tuple[tuple[str, ...], Any]] = [
     (("task", "candidate", "selection_cache_gib"), None),
     (("zoo",), None),
     (("export_best",), False),
+    (("rescore_top",), 0),
+    (("task", "baselines"), []),
 ]
+# evaluator keys added later, absent from older runs' digests while unset (None or False)
+_LATE_EVALUATOR_KEYS = ("validation_tasks", "validation_fraction", "validation_data",
+                        "validation")
+_UNSET = object()
 
 
 # pydantic puts the chosen member of a tagged union into error locations
@@ -467,13 +559,13 @@ def _resolve_paths(task: MergeTaskSpec, config_path: Path) -> None:
     task.base = fix(task.base)
     task.sources = [fix(s) or s for s in task.sources]
     for ev in task.evaluators:
-        for key in ("data", "heldout_data"):
+        for key in ("data", "heldout_data", "validation_data"):
             if hasattr(ev, key):
                 setattr(ev, key, fix(getattr(ev, key)))
         for key in ("include_path", "python_path"):
             if hasattr(ev, key):
                 setattr(ev, key, [fix(p) or p for p in getattr(ev, key)])
-        for key in ("tasks", "heldout_tasks"):
+        for key in ("tasks", "heldout_tasks", "validation_tasks"):
             if getattr(ev, key, None):
                 setattr(ev, key, [fix(t) if t.endswith((".yaml", ".yml")) else t
                                   for t in getattr(ev, key)])

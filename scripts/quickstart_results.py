@@ -1,19 +1,22 @@
-"""results/quickstart.md: does search beat hand-set recipes on the skill zoo?
+"""results/quickstart.md: does search beat hand-set recipes on the skill zoo, honestly?
 
-On the held-out split (1,500 items per skill, exact match), for the three skill experts
-(math: add, rev, sort) merged onto their base:
+Every run scores the hand-set baselines first (each expert alone, task arithmetic at 1 and
+1/3, TIES and DARE-TIES at density 0.5 and weight 1), chooses its best on the validation
+split (the first 750 held-out items per skill) and reports the test split (the other 750),
+with the paired comparison against the best baseline on the same test items
+(docs/design.md §7.5). The study:
 
-1. hand-set recipes: each expert alone, the base, uniform task arithmetic (weights 1/3 and
-   1), TIES and DARE-TIES at mergekit's README settings (density 0.5, weight 0.5 each,
-   normalised), against the searched recipes (per-layer-group task-arithmetic weights);
-2. controllers at the same evaluation budget, --seeds seeds each (mean ± s.e. of the
-   held-out worst skill of the trial that is best on the search split): NSGA-II (the
-   quickstart's), M2N2 (per-document answer probabilities as the samples members compete
-   for), CMA-ES (on the worst skill) and random search;
-3. the cross-domain pair: ADD in language B (no expert was trained on it) from the math
-   expert (ADD in language A) and the language-B expert, by PS, DFS and PS+DFS.
+1. controllers at equal evaluations, --seeds seeds each, as anytime curves (test worst skill
+   of the validation-chosen best against trials): NSGA-II (the quickstart's), M2N2, CMA-ES
+   (on the worst skill) and random search;
+2. the fitness signal: CMA-ES on exact match against CMA-ES on the answer probability
+   (`search_metrics: task/p_answer`), the same seeds, reported on exact match;
+3. the cross-domain target ADD in language B (no expert was trained on it) from the math
+   expert and the language-B expert, by PS, DFS and PS+DFS, each against the best baseline.
 
-    python scripts/quickstart_results.py [--budget 60] [--seeds 3] [--zoo skill_zoo]
+Runs are kept under --runs, so an interrupted study continues where it stopped.
+
+    python scripts/quickstart_results.py [--budget 50] [--seeds 3] [--zoo skill_zoo]
 """
 
 from __future__ import annotations
@@ -23,76 +26,84 @@ import json
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import yaml
 
-from evomerge.benchmarking import score_recipes
+from evomerge.benchmarking import machine_info
+from evomerge.export import export
+from evomerge.run.directory import RunDirectory
+from evomerge.run.report import report
+from evomerge.run.search_run import SearchRun
+from evomerge.run.trial_log import best_line, item_scores
+from evomerge.stats import compare
 
+ROOT = Path(__file__).resolve().parent.parent
 SKILLS = ("add", "rev", "sort")
+CONTROLLERS = {
+    "NSGA-II (quickstart)": {"kind": "optuna", "sampler": "nsga2"},
+    "M2N2": {"kind": "m2n2", "archive_size": 8},
+    "CMA-ES (worst skill)": {"kind": "cmaes"},
+    "random": {"kind": "random"},
+}
 
 
 def quickstart(zoo: Path, budget: int, seed: int, controller: dict,
-               sample_scores: bool = False) -> dict:
-    cfg = yaml.safe_load((Path(__file__).resolve().parent.parent / "configs" /
-                          "quickstart.yaml").read_text())
+               signal: str = "acc") -> dict:
+    """The quickstart config on this zoo, inline (one process: reproducible trial order)."""
+    cfg = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
     cfg.pop("zoo")
     cfg["export_best"] = False
-    cfg.update(budget=budget, seed=seed, controller=controller,
-               executor={"kind": "inline"})
+    cfg.update(budget=budget, seed=seed, controller=controller, executor={"kind": "inline"})
     t = cfg["task"]
     t["base"] = str(zoo / "base")
     t["sources"] = [str(zoo / n) for n in ("math", "rev", "sort")]
     t["evaluators"][0]["include_path"] = [str(zoo / "tasks")]
-    if sample_scores:
+    if controller["kind"] == "m2n2":  # members compete for items on the smooth signal
         t["sample_scores"] = [f"{s}_search/p_answer" for s in SKILLS]
+    if signal == "p_answer":
+        for o in t["objectives"]:
+            if o.get("metrics"):
+                o["search_metrics"] = [m.replace("/acc", "/p_answer") for m in o["metrics"]]
+            else:
+                o["search_metric"] = o["metric"].replace("/acc", "/p_answer")
     return cfg
 
 
-def run(cfg: dict, folder: Path, name: str) -> dict:
-    from evomerge.run.report import report
-    from evomerge.run.search_run import SearchRun
-
-    path = folder / f"{name}.yaml"
+def run(cfg: dict, runs: Path, name: str) -> dict[str, Any]:
+    """Run (or continue, or just read) one search; its report plus wall time and lines."""
+    runs.mkdir(parents=True, exist_ok=True)
+    path = runs / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     start = time.perf_counter()
-    SearchRun.create(path, folder / name).run()
-    data = report(folder / name)
-    data["wall"] = time.perf_counter() - start
+    SearchRun.create(path, runs / name).run()
+    data = report(runs / name)
+    lines = RunDirectory(runs / name).read_log()
+    data["lines"] = lines
+    data["wall"] = sum(x["seconds"] for x in lines)  # evaluation seconds, summed
+    data["session"] = time.perf_counter() - start
     return data
 
 
-def held_out_of_best(data: dict) -> dict:
-    if data["best"] is None:
-        raise SystemExit(f"{data['run_dir']}: no full-fidelity trial; raise --budget")
-    return data["best"]["heldout"]
+def curve(lines: list[dict], name: str, budget: int) -> list[float | None]:
+    """Test score of the validation-chosen best after each trial (the anytime curve)."""
+    objectives = [(name, "maximize")]
+    out: list[float | None] = []
+    for n in range(1, budget + 1):
+        chosen = best_line([x for x in lines[:n] if "heldout" in x], objectives)
+        out.append(chosen["heldout"][name] if chosen else None)
+    return out
 
 
-def hand_set(zoo: Path) -> list[tuple[str, dict]]:
-    base = str(zoo / "base")
-    src = [str(zoo / n) for n in ("math", "rev", "sort")]
-
-    def models(**params):
-        return [{"model": s, "parameters": dict(params)} for s in src]
-
-    recipes = [
-        ("base alone", {"method": "linear", "sources": [{"model": base}]}),
-        *((f"{n} expert alone", {"method": "linear", "sources": [{"model": s}]})
-          for n, s in zip(("math", "rev", "sort"), src, strict=True)),
-        ("task arithmetic, weights 1/3", {"method": "task_arithmetic", "base": base,
-                                          "sources": models(weight=1 / 3)}),
-        ("task arithmetic, weights 1", {"method": "task_arithmetic", "base": base,
-                                        "sources": models(weight=1.0)}),
-        ("TIES, density 0.5, weight 0.5, normalised",
-         {"method": "ties", "base": base, "sources": models(weight=0.5, density=0.5),
-          "parameters": {"normalize": True}}),
-        ("DARE-TIES, density 0.5, weight 0.5, normalised",
-         {"method": "dare_ties", "base": base, "sources": models(weight=0.5, density=0.5),
-          "parameters": {"normalize": True}}),
-    ]
-    return recipes
+def paired(a: dict, b: dict, fold_keys: list[str]) -> Any:
+    """Paired bootstrap of the worst skill, a's test items against b's."""
+    ia, ib = item_scores(a["heldout_items"]), item_scores(b["heldout_items"])
+    keys = [k for k in fold_keys if k in ia and k in ib]
+    return compare({k: ia[k] for k in keys}, {k: ib[k] for k in keys},
+                   lambda m: min(m.values()))
 
 
 def mean_se(values: list[float]) -> str:
@@ -102,12 +113,15 @@ def mean_se(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {se:.3f}"
 
 
-def crossdomain(zoo: Path, budget: int, folder: Path) -> list[tuple[str, float, float]]:
-    """PS, DFS and PS+DFS on ADD in language B: (what, search acc, held-out acc)."""
-    from evomerge.export import export
+def interval(d: Any) -> str:
+    return f"{d.difference:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
 
+
+def crossdomain(zoo: Path, budget: int, runs: Path) -> list[tuple[str, dict, dict]]:
+    """PS, DFS and PS+DFS on ADD in language B: (what, its best line, that run's report)."""
     ev = [{"name": "s", "kind": "lm_eval", "include_path": [str(zoo / "tasks")],
-           "tasks": ["add_b_search"], "heldout_tasks": ["add_b_test"], "batch_size": 256}]
+           "tasks": ["add_b_search"], "heldout_tasks": ["add_b_test"],
+           "validation_fraction": 0.5, "batch_size": 256}]
     obj = [{"name": "add_b", "metric": "add_b_search/acc"}]
 
     def cfg(name: str, sources: list[Path], space: dict, base: Path | None = None) -> dict:
@@ -118,30 +132,48 @@ def crossdomain(zoo: Path, budget: int, folder: Path) -> list[tuple[str, float, 
         return {"name": name, "seed": 0, "budget": budget, "checkpoint_every": 10,
                 "task": task, "controller": {"kind": "cmaes"}}
 
-    rows = []
+    out = []
     ps = run(cfg("ps", [zoo / "math", zoo / "lang_b"],
                  {"kind": "ps", "method": "task_arithmetic", "groups": 2,
-                  "ranges": {"weight": [0, 1]}}, zoo / "base"), folder, "cd_ps")
-    rows.append(("PS (task arithmetic per layer group, math + lang_b)",
-                 ps["best"]["objectives"]["add_b"], ps["best"]["heldout"]["add_b"]))
+                  "ranges": {"weight": [0, 1]}}, zoo / "base"), runs, "cd_ps")
+    out.append(("PS (task arithmetic per layer group, math + lang_b)", ps))
     dfs = run(cfg("dfs", [zoo / "lang_b", zoo / "math"], {"kind": "dfs", "repeats": 2}),
-              folder, "cd_dfs")
-    rows.append(("DFS (routes over lang_b as model A, math)",
-                 dfs["best"]["objectives"]["add_b"], dfs["best"]["heldout"]["add_b"]))
-    export(folder / "cd_ps", folder / "ps_best", best=True)
-    both = run(cfg("ps_dfs", [folder / "ps_best", zoo / "math"],
-                   {"kind": "dfs", "repeats": 2}), folder, "cd_ps_dfs")
-    rows.append(("PS+DFS (routes over the PS winner as model A, math)",
-                 both["best"]["objectives"]["add_b"], both["best"]["heldout"]["add_b"]))
-    return rows
+              runs, "cd_dfs")
+    out.append(("DFS (routes over lang_b as model A, math)", dfs))
+    best_dir = runs / "cd_ps_best"
+    if not (best_dir / "config.json").exists():
+        export(runs / "cd_ps", best_dir, best=True)
+    both = run(cfg("ps_dfs", [best_dir, zoo / "math"], {"kind": "dfs", "repeats": 2}),
+               runs, "cd_ps_dfs")
+    out.append(("PS+DFS (routes over the PS winner as model A, math)", both))
+    return [(what, _line(r, r["best_searched"]), r) for what, r in out]
+
+
+def _line(data: dict, entry: dict | None) -> dict:
+    if entry is None:
+        raise SystemExit(f"{data['run_dir']}: no searched trial re-scored; raise --budget")
+    return next(x for x in data["lines"] if x["trial"] == entry["trial"])
+
+
+def resolved(data: dict, entry: dict | None) -> dict:
+    """The chosen trial's line, with the items of the trial it repeats (cached)."""
+    line = _line(data, entry)
+    if "cached" in line:
+        first = next(x for x in data["lines"] if x["trial"] == line["cached"])
+        line = {**line, "heldout_items": first["heldout_items"]}
+    return line
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--budget", type=int, default=60)
+    ap.add_argument("--budget", type=int, default=50)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--zoo", type=Path, default=Path("skill_zoo"))
+    ap.add_argument("--runs", type=Path, default=Path("runs/quickstart_results"))
     ap.add_argument("--out", type=Path, default=Path("results/quickstart.md"))
+    ap.add_argument("--skip-crossdomain", action="store_true")
+    ap.add_argument("--max-minutes", type=float, default=None,
+                    help="start no new run after this long (the tables use whole seeds)")
     args = ap.parse_args()
     command = shlex.join(["python", "scripts/quickstart_results.py", *sys.argv[1:]])
     from evomerge.models import zoos
@@ -149,74 +181,145 @@ def main() -> None:
     zoos.ensure("skills", args.zoo)
     zoo = args.zoo.resolve()
     meta = json.loads((zoo / "zoo.json").read_text())
-    tasks = [f"{s}_test" for s in SKILLS]
-    fixed = score_recipes(zoo, hand_set(zoo), tasks)
-    controllers = {
-        "NSGA-II (quickstart)": ({"kind": "optuna", "sampler": "nsga2"}, False),
-        "M2N2": ({"kind": "m2n2", "archive_size": 8}, True),
-        "CMA-ES (worst skill)": ({"kind": "cmaes"}, False),
-        "random": ({"kind": "random"}, False),
-    }
-    searched: dict[str, list[dict]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        for label, (ctl, samples) in controllers.items():
-            for seed in range(args.seeds):
-                data = run(quickstart(zoo, args.budget, seed, ctl, samples), folder,
-                           f"{label.split()[0].lower()}-{seed}")
-                searched.setdefault(label, []).append(data)
-                print(label, seed, held_out_of_best(data), f"{data['wall']:.0f} s",
-                      flush=True)
-        cross = crossdomain(zoo, args.budget, folder)
-        cross_fixed = score_recipes(zoo, [
-            ("base alone", {"method": "linear", "sources": [{"model": str(zoo / "base")}]}),
-            ("math expert alone", {"method": "linear",
-                                   "sources": [{"model": str(zoo / "math")}]}),
-            ("lang_b expert alone", {"method": "linear",
-                                     "sources": [{"model": str(zoo / "lang_b")}]}),
-            ("task arithmetic, math + lang_b, weights 1/2",
-             {"method": "task_arithmetic", "base": str(zoo / "base"),
-              "sources": [{"model": str(zoo / n), "parameters": {"weight": 0.5}}
-                          for n in ("math", "lang_b")]}),
-        ], ["add_b_test"])
+    keys = [f"skills:{s}_search/acc" for s in SKILLS]
 
-    lines = ["# Quickstart: search against hand-set recipes on the skill zoo", "",
-             f"Command: `{command}` (2 CPU cores). The zoo (`zoo.json`): built in "
-             f"{meta['seconds']} s; exact match of each model on 1,500 held-out items per "
-             "skill:", "",
+    studies: dict[str, list[dict]] = {}
+    variants = [(label, ctl, "acc") for label, ctl in CONTROLLERS.items()]
+    variants.append(("CMA-ES on p_answer (worst skill)", {"kind": "cmaes"}, "p_answer"))
+    deadline = time.monotonic() + 60 * args.max_minutes if args.max_minutes else None
+    cross: list[tuple[str, dict, dict]] = []
+    if not args.skip_crossdomain:
+        cross = crossdomain(zoo, args.budget, args.runs)
+    for seed in range(args.seeds):  # seed-major: a study cut short keeps its seeds balanced
+        for label, ctl, signal in variants:
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            name = f"{ctl['kind']}{'-' + ctl['sampler'] if 'sampler' in ctl else ''}" \
+                   f"{'-p' if signal == 'p_answer' else ''}-s{seed}"
+            data = run(quickstart(zoo, args.budget, seed, ctl, signal), args.runs, name)
+            studies.setdefault(label, []).append(data)
+            print(label, seed, f"test worst {data['chosen']['test']['worst']['value']:.3f}",
+                  f"{data['session']:.0f} s", flush=True)
+    seeds = min(len(runs) for runs in studies.values())
+    studies = {label: runs[:seeds] for label, runs in studies.items()}
+
+    first = studies["NSGA-II (quickstart)"][0]
+    lines = ["# Quickstart: search against hand-set baselines on the skill zoo", "",
+             f"Command: `{command}`", "", *(f"- {x}" for x in machine_info()),
+             f"- the zoo (`zoo.json`): built in {meta['seconds']} s; inline executor (one "
+             "process, reproducible); each run's budget counts its 7 baselines", "",
+             "Every figure below is exact match on the **test** split (750 held-out items per "
+             "skill that chose nothing), for the trial chosen on the **validation** split "
+             "(the other 750 held-out items); ± is one standard error. Differences to the "
+             "best baseline are paired over the same 2,250 test items (bootstrap, 95% "
+             "interval; resampled within each skill, worst skill recomputed).", "",
+             "## The experts and the baselines", "",
              "| model | " + " | ".join(meta["exact_match_test"]["base"]) + " |",
              "|---|" + "---|" * len(meta["exact_match_test"]["base"])]
     for name, sc in meta["exact_match_test"].items():
         lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in sc.values()) + " |")
-    lines += ["", "## Held-out exact match (1,500 items per skill)", "",
-              "| recipe | add | rev | sort | worst |", "|---|---|---|---|---|"]
-    for name, sc in fixed:
-        lines.append(f"| {name} | " + " | ".join(f"{sc[s]:.3f}" for s in SKILLS)
-                     + f" | {min(sc.values()):.3f} |")
-    for label, runs in searched.items():
-        h = runs[0]["best"]["heldout"]
-        lines.append(f"| searched: {label}, seed 0 (best worst skill on the search split) | "
-                     + " | ".join(f"{h[s]:.3f}" for s in SKILLS) + f" | {h['worst']:.3f} |")
-    lines += ["", f"## Controllers at {args.budget} evaluations ({args.seeds} seeds)", "",
-              "Held-out worst skill of the trial best on the search split (mean ± s.e.); "
-              "evaluations include those stopped at the first multi-fidelity rung.", "",
-              "| controller | held-out worst skill | search worst skill | wall per run |",
-              "|---|---|---|---|"]
-    for label, runs in searched.items():
-        lines.append(
-            f"| {label} | {mean_se([r['best']['heldout']['worst'] for r in runs])} "
-            f"| {mean_se([r['best']['objectives']['worst'] for r in runs])} "
-            f"| {statistics.mean(r['wall'] for r in runs):.0f} s |")
-    lines += ["", "## Cross-domain: ADD in language B (no expert trained on it)", "",
-              "| recipe | search | held-out |", "|---|---|---|"]
-    for name, sc in cross_fixed:
-        lines.append(f"| {name} | - | {sc['add_b']:.3f} |")
-    for name, s, h in cross:
-        lines.append(f"| {name}, CMA-ES, {args.budget} evaluations | {s:.3f} | {h:.3f} |")
+    lines += ["", "Baselines, scored first in every run (identical in every run: the same "
+              "recipes on the same items); worst skill:", "",
+              "| baseline | search | validation | test | starts the search |",
+              "|---|---|---|---|---|"]
+    for b in first["baselines"]:
+        lines.append(f"| {b['name']} | {b['search']['worst']:.3f} | "
+                     f"{b['validation']['worst']:.3f} | {b['test']['worst']:.3f} | "
+                     f"{'yes' if b['start'] else 'no (not in the space)'} |")
+    base_entry = first["best_baseline"]
+    lines += ["", f"Best baseline on validation: {base_entry['baseline']} (test worst "
+              f"{base_entry['test']['worst']['value']:.3f} ± "
+              f"{base_entry['test']['worst']['se']:.3f}).", "",
+              f"## Controllers at {args.budget} trials ({seeds} seeds)", "",
+              "| controller | test worst skill (mean ± s.e. over seeds) | per seed | vs best "
+              "baseline, per seed: difference [95% interval] | evaluation s per run |",
+              "|---|---|---|---|---|"]
+    verdicts: dict[str, list[Any]] = {}
+    for label, runs in studies.items():
+        finals = [r["chosen"]["test"]["worst"]["value"] for r in runs]
+        diffs = []
+        for r in runs:
+            best = resolved(r, r["best_searched"])
+            base = resolved(r, r["best_baseline"])
+            diffs.append(paired(best, base, keys))
+        verdicts[label] = diffs
+        lines.append(f"| {label} | {mean_se(finals)} | "
+                     + ", ".join(f"{v:.3f}" for v in finals) + " | "
+                     + "; ".join(interval(d) for d in diffs)
+                     + f" | {statistics.mean(r['wall'] for r in runs):.0f} |")
+    # anytime curves
+    marks = sorted({m for m in (10, 20, 30, 40, 50, 60, 80, 100, 120, 160, 200)
+                    if m <= args.budget} | {args.budget})
+    lines += ["", "Anytime: test worst skill of the validation-chosen best after n trials "
+              "(mean over seeds; the first 7 trials are the baselines). "
+              "`results/quickstart_curves.png` draws every trial.", "",
+              "| controller | " + " | ".join(f"n={m}" for m in marks) + " |",
+              "|---|" + "---|" * len(marks)]
+    curves = {label: [curve(r["lines"], "worst", args.budget) for r in runs]
+              for label, runs in studies.items()}
+    for label, cs in curves.items():
+        row = []
+        for m in marks:
+            vals = [c[m - 1] for c in cs if c[m - 1] is not None]
+            row.append(f"{statistics.mean(vals):.3f}" if vals else "-")
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
+    _plot(curves, args.budget, args.out.with_name("quickstart_curves.png"),
+          base_entry["test"]["worst"]["value"])
+    # the fitness signal, paired by seed on the same test items
+    acc, pans = studies["CMA-ES (worst skill)"], studies["CMA-ES on p_answer (worst skill)"]
+    lines += ["", "## The fitness signal: CMA-ES on exact match against CMA-ES on the answer "
+              "probability (same seeds, same budget, both reported on exact match)", "",
+              "| seed | exact match → test worst | p_answer → test worst | p_answer − exact "
+              "match, paired [95% interval] |", "|---|---|---|---|"]
+    for seed, (a, p) in enumerate(zip(acc, pans, strict=True)):
+        d = paired(resolved(p, p["chosen"]), resolved(a, a["chosen"]), keys)
+        lines.append(f"| {seed} | {a['chosen']['test']['worst']['value']:.3f} | "
+                     f"{p['chosen']['test']['worst']['value']:.3f} | {interval(d)} |")
+    if cross:
+        ps_report = cross[0][2]
+        base = resolved(ps_report, ps_report["best_baseline"])
+        lines += ["", "## Cross-domain: ADD in language B (no expert trained on it)", "",
+                  f"CMA-ES, {args.budget} trials each, exact match on the add_b test split "
+                  f"(750 items). Best baseline (of the PS run, on validation): "
+                  f"{base['baseline']}, test {base['heldout']['add_b']:.3f}.", "",
+                  "| search | test add_b of its best searched trial | − best baseline, paired "
+                  "[95% interval] |", "|---|---|---|"]
+        for what, line, r in cross:
+            best = resolved(r, r["best_searched"])
+            d = compare({"a": item_scores(best["heldout_items"])["s:add_b_search/acc"]},
+                        {"a": item_scores(base["heldout_items"])["s:add_b_search/acc"]},
+                        lambda m: m["a"])
+            lines.append(f"| {what} | {line['heldout']['add_b']:.3f} | {interval(d)} |")
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    old = args.out.read_text() if args.out.exists() else ""
+    reading = old[old.index("## Reading"):] if "## Reading" in old else ""
+    args.out.write_text(text + ("\n" + reading if reading else ""))
+
+
+def _plot(curves: dict[str, list[list[float | None]]], budget: int, path: Path,
+          baseline: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    xs = np.arange(1, budget + 1)
+    for i, (label, cs) in enumerate(curves.items()):
+        arr = np.array([[np.nan if v is None else v for v in c] for c in cs])
+        mean = np.nanmean(arr, axis=0)
+        ax.plot(xs, mean, drawstyle="steps-post", color=f"C{i}", label=label)
+        for c in arr:
+            ax.plot(xs, c, drawstyle="steps-post", color=f"C{i}", alpha=0.2, linewidth=0.8)
+    ax.axhline(baseline, color="grey", linestyle="--", linewidth=1, label="best baseline")
+    ax.set_xlabel("trials (the first 7: baselines)")
+    ax.set_ylabel("test worst skill of the validation-chosen best")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

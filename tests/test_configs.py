@@ -45,7 +45,7 @@ def test_each_search_config_runs_a_few_trials(path, tmp_path, example_zoo, monke
         from evomerge.export import export
 
         SearchRun.create(ROOT / "configs" / "tiny_merge_ps.yaml", example_zoo / "ps_run",
-                         budget=3).run()
+                         budget=8).run()  # its 6 baselines and 2 searched trials
         export(example_zoo / "ps_run", example_zoo / "ps_best", best=True)
     budget = 8 if merge else 40
     if path.stem == "quickstart":

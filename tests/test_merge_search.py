@@ -36,6 +36,8 @@ def merge_config(zoo, tasks_dir: Path, controller: dict, space: dict | None = No
                             "heldout_tasks": ["next_test", "echo_test"]}],
             "objectives": [{"name": "next", "metric": "next_search/acc"},
                            {"name": "echo", "metric": "echo_search/acc"}],
+            # the controllers' own behaviour; tests/test_baselines.py runs the defaults
+            "baselines": [],
             **task,
         },
         "controller": controller,
@@ -228,7 +230,8 @@ def test_demo_config_search_kill_resume_report_export(tmp_path):
     assert res.returncode == 0, res.stderr
     after = log_lines(run_dir)
     assert len(after) == 30 and after[: len(before)] == before  # nothing lost or rewritten
-    assert sorted(x["id"] for x in after) == list(range(30))  # nothing repeated
+    # nothing repeated: the 6 baselines (ids -6..-1), then the controller's 24
+    assert sorted(x["id"] for x in after) == list(range(-6, 24))
     assert [x["trial"] for x in after] == list(range(30))
 
     rep = json.loads(_cli("report", str(run_dir), "--json", cwd=tmp_path).stdout)
@@ -240,9 +243,10 @@ def test_demo_config_search_kill_resume_report_export(tmp_path):
     assert {"evomerge_recipe.yaml", "mergekit_config.yml", "config.json"} <= \
         {p.name for p in out.iterdir()}
     cfg = load_config(run_dir / "config.yaml")
-    name, _ = "next", "maximize"
-    best = max((x for x in after if x["status"] == "ok"),
-               key=lambda x: (x["objectives"][name], -x["trial"]))
+    name = "next"  # the best is chosen on the validation split (the config has one)
+    best = max((x for x in after if "validation" in x),
+               key=lambda x: (x["validation"][name], -x["trial"]))
+    assert rep["best"]["trial"] == best["trial"]
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     tok = AutoTokenizer.from_pretrained(out)
     ev = build_evaluator(cfg.task.evaluators[0])

@@ -150,7 +150,8 @@ def test_exported_trials_name_no_machine_paths_and_merge_again(zoo, tmp_path, mo
                  "evaluators": [{"name": "ppl", "kind": "perplexity", "data": str(docs),
                                  "max_length": 8}],
                  "objectives": [{"name": "ppl", "metric": "perplexity",
-                                 "direction": "minimize", "reference": 1e6}]},
+                                 "direction": "minimize", "reference": 1e6}],
+                 "baselines": []},  # a searched TIES trial: its base is in the YAML
         "controller": {"kind": "random"}})
     SearchRun.create(cfg, tmp_path / "run").run()
     out = tmp_path / "exported" / "best"

@@ -65,6 +65,10 @@ def quick_run(skill_zoo, tmp_path_factory, ) -> Path:
     t["base"] = str(skill_zoo / "base")
     t["sources"] = [str(skill_zoo / n) for n in ("math", "rev", "sort")]
     t["evaluators"][0]["include_path"] = [str(skill_zoo / "tasks")]
+    # one baseline (each costs a full evaluation on every split; tests/test_baselines.py
+    # runs the defaults)
+    t["baselines"] = [{"name": "task arithmetic, 1/3", "method": "task_arithmetic",
+                       "parameters": {"weight": 1 / 3}}]
     folder = tmp_path_factory.mktemp("quick")
     (folder / "q.yaml").write_text(yaml.safe_dump(cfg))
     SearchRun.create(folder / "q.yaml", folder / "run").run()
@@ -72,6 +76,7 @@ def quick_run(skill_zoo, tmp_path_factory, ) -> Path:
 
 
 @pytest.mark.smoke
+@pytest.mark.timeout(900)  # the skill zoo and the run are built in this test's setup
 def test_a_finished_run_has_plots_and_its_best_trial_exported(quick_run):
     plots = sorted(p.name for p in (quick_run / "plots").iterdir())
     assert plots == ["best.png", "front.png", "hypervolume.png"]

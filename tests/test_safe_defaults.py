@@ -44,7 +44,7 @@ def merge_search(path: Path, sources: list[str], space: dict, base: str | None =
             "objectives": [{"name": "q", "metric": "q"}]}
     if base:
         task["base"] = base
-    return write_yaml(path, {"budget": 4, "controller": {"kind": "random"}, "task": task})
+    return write_yaml(path, {"budget": 10, "controller": {"kind": "random"}, "task": task})
 
 
 def cli(*args: str):
@@ -442,7 +442,7 @@ def test_search_prints_progress_unless_quiet_and_report_prints_a_table(tmp_path)
     assert res.exit_code == 0
     lines = res.output.splitlines()
     header = next(x for x in lines if "accuracy (search)" in x)
-    assert "accuracy (held-out)" in header
+    assert "accuracy (test)" in header
     row = lines[lines.index(header) + 2].split()
     assert all(len(v.replace(".", "").lstrip("0")) <= 4 for v in row[1:])  # rounded
     assert "best by accuracy: trial" in res.output

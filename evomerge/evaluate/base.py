@@ -17,8 +17,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-Split = Literal["search", "heldout"]
-SPLITS: tuple[Split, ...] = ("search", "heldout")
+# search: the controller's fitness; validation: choosing the best; heldout: the test split,
+# the figures reported (docs/design.md §7.5)
+Split = Literal["search", "validation", "heldout"]
+SPLITS: tuple[Split, ...] = ("search", "validation", "heldout")
 
 
 def leading(n: int, fraction: float) -> int:
@@ -108,17 +110,36 @@ def read_records(path: str | Path, where: str) -> list[dict[str, Any]]:
     return out
 
 
+def cut_validation(n: int, fraction: float, where: str) -> int:
+    """How many leading held-out items go to validation (at least one stays for the test)."""
+    k = round(n * fraction)
+    if not 1 <= k < n:
+        raise EvaluatorError(f"{where}.validation_fraction: {n} held-out items cannot be split "
+                             f"into validation and test parts (validation_fraction {fraction})")
+    return k
+
+
 def split_records(spec: Any, where: str) -> dict[Split, list[dict[str, Any]]]:
-    """Search and held-out items: two files, or one file cut at `heldout_fraction`."""
+    """Search, validation and held-out (test) items: separate files, or one file cut at
+    `heldout_fraction` and the held-out part cut at `validation_fraction`."""
     items = read_records(spec.data, f"{where}.data")
     if spec.heldout_data is not None:
-        return {"search": items, "heldout": read_records(spec.heldout_data,
-                                                         f"{where}.heldout_data")}
-    cut = len(items) - max(1, round(len(items) * spec.heldout_fraction))
-    if cut < 1:
-        raise EvaluatorError(f"{where}.data: {len(items)} items cannot be split into search "
-                             f"and held-out parts (heldout_fraction {spec.heldout_fraction})")
-    return {"search": items[:cut], "heldout": items[cut:]}
+        out: dict[Split, list[dict[str, Any]]] = {
+            "search": items, "heldout": read_records(spec.heldout_data, f"{where}.heldout_data")}
+    else:
+        cut = len(items) - max(1, round(len(items) * spec.heldout_fraction))
+        if cut < 1:
+            raise EvaluatorError(f"{where}.data: {len(items)} items cannot be split into "
+                                 f"search and held-out parts (heldout_fraction "
+                                 f"{spec.heldout_fraction})")
+        out = {"search": items[:cut], "heldout": items[cut:]}
+    if spec.validation_data is not None:
+        out["validation"] = read_records(spec.validation_data, f"{where}.validation_data")
+    elif spec.validation_fraction is not None:
+        held = out["heldout"]
+        k = cut_validation(len(held), spec.validation_fraction, where)
+        out["validation"], out["heldout"] = held[:k], held[k:]
+    return out
 
 
 def field_of(rec: dict[str, Any], name: str, path: str, index: int) -> Any:

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 
 from evomerge.evaluate.base import (
-    SPLITS,
     Evaluation,
     Evaluator,
     EvaluatorError,
@@ -32,8 +31,9 @@ class ClassificationEvaluator(Evaluator):
         where = f"{origin}: evaluators.{spec.name}"
         records = split_records(spec, where)
         self.items: dict[Split, list[tuple[str, str]]] = {}
-        for s in SPLITS:
-            path = spec.data if s == "search" or spec.heldout_data is None else spec.heldout_data
+        for s in records:
+            path = {"heldout": spec.heldout_data, "validation": spec.validation_data}.get(
+                s) or spec.data
             rows = []
             for i, r in enumerate(records[s]):
                 label = str(field_of(r, spec.label_field, path, i))
@@ -45,8 +45,8 @@ class ClassificationEvaluator(Evaluator):
                 rows.append((prompt, label))
             self.items[s] = rows
         self.labels = list(spec.labels) if spec.labels else sorted(
-            {lab for s in SPLITS for _, lab in self.items[s]})
-        for s in SPLITS:
+            {lab for rows in self.items.values() for _, lab in rows})
+        for s in self.items:
             for i, (_, lab) in enumerate(self.items[s]):
                 if lab not in self.labels:
                     raise EvaluatorError(f"{where}.labels: item {i} ({s} split) has label "
@@ -62,7 +62,7 @@ class ClassificationEvaluator(Evaluator):
             labels = [tokenizer(self.spec.label_prefix + lab, add_special_tokens=False)
                       ["input_ids"] for lab in self.labels]
             self._pairs = {}
-            for s in SPLITS:
+            for s in self.items:
                 pairs = []
                 for prompt, _ in self.items[s]:
                     ctx = tokenizer(prompt)["input_ids"]

@@ -23,7 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from evomerge.evaluate.base import Evaluation, Evaluator, EvaluatorError, Split, leading
+from evomerge.evaluate.base import (
+    Evaluation,
+    Evaluator,
+    EvaluatorError,
+    Split,
+    cut_validation,
+    leading,
+)
 
 # simple_evaluate arguments this evaluator owns: the model, the task objects, per-sample logs
 # and the split's documents; a request cache would hand one candidate another's answers.
@@ -125,16 +132,10 @@ class LMEvalEvaluator(Evaluator):
         self.leaves = {t.task_name: t for objs, _ in search for t in objs}
         objs = list(self.leaves.values())
         if spec.heldout_tasks is not None:
-            held = [self._load(t, f"{where}.heldout_tasks[{i}]")
-                    for i, t in enumerate(spec.heldout_tasks)]
-            rename = {}
-            for i, ((_, sn), (_, hn)) in enumerate(zip(search, held, strict=True)):
-                if len(sn) != len(hn):
-                    raise EvaluatorError(f"{where}.heldout_tasks[{i}]: {len(hn)} tasks inside, "
-                                         f"against {len(sn)} in tasks[{i}]")
-                rename.update(zip(hn, sn, strict=True))
+            held_objs, rename = self._paired(search, spec.heldout_tasks,
+                                             f"{where}.heldout_tasks")
             self.sides = {"search": _Side(objs, {}, None),
-                          "heldout": _Side([o for h, _ in held for o in h], rename, None)}
+                          "heldout": _Side(held_objs, rename, None)}
         else:
             cut = {}
             for name, task in self.leaves.items():
@@ -148,9 +149,45 @@ class LMEvalEvaluator(Evaluator):
             self.sides = {s: _Side(objs, {}, {name: _limited(ids[j], limit)
                                               for name, ids in cut.items()})
                           for j, s in enumerate(("search", "heldout"))}
+        if spec.validation_tasks is not None:
+            val_objs, rename = self._paired(search, spec.validation_tasks,
+                                            f"{where}.validation_tasks")
+            self.sides["validation"] = _Side(val_objs, rename, None)
+        elif spec.validation_fraction is not None:
+            self._cut_validation(spec.validation_fraction, spec.options.get("limit"), where)
         self._metrics = self._known_metrics()
         self._lm: Any = None
         self._lm_model: Any = None
+
+    def _paired(self, search: list[tuple[list[Any], list[str]]], specs: list[str], where: str
+                ) -> tuple[list[Any], dict[str, str]]:
+        """Task objects of another split, paired in order with the search tasks, and how
+        their names map to the search tasks' names (so metrics keep one name)."""
+        other = [self._load(t, f"{where}[{i}]") for i, t in enumerate(specs)]
+        rename = {}
+        for i, ((_, sn), (_, on)) in enumerate(zip(search, other, strict=True)):
+            if len(sn) != len(on):
+                raise EvaluatorError(f"{where}[{i}]: {len(on)} tasks inside, against "
+                                     f"{len(sn)} in tasks[{i}]")
+            rename.update(zip(on, sn, strict=True))
+        return [o for objs, _ in other for o in objs], rename
+
+    def _cut_validation(self, fraction: float, limit: Any, where: str) -> None:
+        """The leading share of each held-out task's documents becomes the validation split,
+        the rest stays the test split."""
+        held = self.sides["heldout"]
+        val: dict[str, list[int]] = {}
+        test: dict[str, list[int]] = {}
+        for task in held.objs:
+            name = task.task_name
+            if held.samples is not None:
+                ids = list(held.samples[name])
+            else:
+                ids = _limited(list(range(len(task.eval_docs))), limit)
+            k = cut_validation(len(ids), fraction, f"{where} (task {name})")
+            val[name], test[name] = ids[:k], ids[k:]
+        self.sides["validation"] = _Side(held.objs, held.rename, val)
+        self.sides["heldout"] = _Side(held.objs, held.rename, test)
 
     def _load(self, spec: str, where: str) -> tuple[list[Any], list[str]]:
         """One task spec's leaf task objects and their names, in order."""

@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 
 from evomerge.evaluate.base import (
-    SPLITS,
     Evaluation,
     Evaluator,
     EvaluatorError,
@@ -33,7 +32,7 @@ class PerplexityEvaluator(Evaluator):
         where = f"{origin}: evaluators.{spec.name}"
         records = split_records(spec, where)
         self.texts = {s: [str(field_of(r, spec.text_field, spec.data, i))
-                          for i, r in enumerate(records[s])] for s in SPLITS}
+                          for i, r in enumerate(rows)] for s, rows in records.items()}
         self._ids: dict[Split, list[list[int]]] | None = None
 
     def metrics(self) -> list[str]:
@@ -42,7 +41,8 @@ class PerplexityEvaluator(Evaluator):
 
     def _tokenised(self, tokenizer: Any) -> dict[Split, list[list[int]]]:
         if self._ids is None:  # once per worker: the tokenizer never changes
-            self._ids = {s: [tokenizer(t)["input_ids"] for t in self.texts[s]] for s in SPLITS}
+            self._ids = {s: [tokenizer(t)["input_ids"] for t in texts]
+                         for s, texts in self.texts.items()}
             short = [i for i, ids in enumerate(self._ids["search"]) if len(ids) < 2]
             if short:
                 raise EvaluatorError(f"evaluators.{self.name}: document {short[0]} has fewer "

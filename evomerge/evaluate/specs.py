@@ -2,8 +2,10 @@
 
 Each evaluator kind has its own spec, validated with the rest of the config before anything
 runs; the implementation (`evomerge.evaluate.<kind>`) is imported only where candidates are
-scored. Every evaluator scores a search split, which the controller sees, and a held-out split,
-which only the front's re-scoring sees.
+scored. Every evaluator scores a search split, which the controller sees, and a held-out (test)
+split, which gives the figures reported; with a validation split (`validation_*`), the best
+trial is chosen on it, so the test figure of the chosen trial is not inflated by the choice
+(docs/design.md §7.5).
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ class _Spec(BaseModel):
 
 class _SplitFiles(_Spec):
     """A data file split into search and held-out parts: a second file, or a fraction of the
-    first (its last items, so the split is stable whatever the seed)."""
+    first (its last items, so the split is stable whatever the seed). The validation split is
+    a third file, or the leading `validation_fraction` of the held-out items."""
 
     data: str
     heldout_data: str | None = None
     heldout_fraction: float = Field(0.5, gt=0, lt=1)
+    validation_data: str | None = None
+    validation_fraction: float | None = Field(None, gt=0, lt=1)
     batch_size: int = Field(8, ge=1)
     max_length: int = Field(1024, ge=2, description="tokens per forward window")
 
@@ -38,6 +43,10 @@ class LMEvalSpec(_Spec):
     # metrics), e.g. the test-split twins of validation-split tasks
     heldout_tasks: list[str] | None = None
     heldout_fraction: float | None = Field(None, gt=0, lt=1)
+    # validation split (choosing the best): other tasks (paired with `tasks` in order), or
+    # the leading share of the held-out documents (the rest stay the test split)
+    validation_tasks: list[str] | None = None
+    validation_fraction: float | None = Field(None, gt=0, lt=1)
     include_path: list[str] = Field(default_factory=list)
     # index lm-eval's built-in tasks too (~4 s per start); None: only when no include path
     include_defaults: bool | None = None
@@ -58,7 +67,17 @@ class LMEvalSpec(_Spec):
         if self.heldout_tasks is not None and len(self.heldout_tasks) != len(self.tasks):
             raise ValueError(f"heldout_tasks: {len(self.heldout_tasks)} tasks for "
                              f"{len(self.tasks)} search tasks (they pair up in order)")
+        if self.validation_tasks is not None and self.validation_fraction is not None:
+            raise ValueError("give validation_tasks or validation_fraction, not both")
+        if self.validation_tasks is not None and len(self.validation_tasks) != len(self.tasks):
+            raise ValueError(f"validation_tasks: {len(self.validation_tasks)} tasks for "
+                             f"{len(self.tasks)} search tasks (they pair up in order)")
         return self
+
+    @property
+    def has_validation(self) -> bool:
+        """Whether this evaluator scores a validation split."""
+        return self.validation_tasks is not None or self.validation_fraction is not None
 
 
 class PerplexitySpec(_SplitFiles):
@@ -67,6 +86,11 @@ class PerplexitySpec(_SplitFiles):
 
     kind: Literal["perplexity"]
     text_field: str = "text"
+
+    @property
+    def has_validation(self) -> bool:
+        """Whether this evaluator scores a validation split."""
+        return self.validation_data is not None or self.validation_fraction is not None
 
 
 class ClassificationSpec(_SplitFiles):
@@ -81,6 +105,11 @@ class ClassificationSpec(_SplitFiles):
     template: str = Field("{text}", description="prompt, formatted with the item's fields")
     label_prefix: str = " "
 
+    @property
+    def has_validation(self) -> bool:
+        """Whether this evaluator scores a validation split."""
+        return self.validation_data is not None or self.validation_fraction is not None
+
 
 class CallableSpec(_Spec):
     """A user function `module:function(model, tokenizer, split=..., **options)` returning
@@ -91,6 +120,13 @@ class CallableSpec(_Spec):
     metrics: list[str] = Field(min_length=1, description="the metrics it returns")
     python_path: list[str] = Field(default_factory=list)
     options: dict[str, Any] = Field(default_factory=dict)
+    # the function also answers split="validation" (besides "search" and "heldout")
+    validation: bool = False
+
+    @property
+    def has_validation(self) -> bool:
+        """Whether this evaluator scores a validation split."""
+        return self.validation
 
 
 EvaluatorSpec = Annotated[LMEvalSpec | PerplexitySpec | ClassificationSpec | CallableSpec,

@@ -20,10 +20,17 @@ from evomerge.executors.base import Executor, Job, Outcome
 from evomerge.progress import Progress
 from evomerge.run.errors import RunError
 from evomerge.run.rungs import SuccessiveHalving
-from evomerge.run.trial_log import as_logged, is_full, result_from_line, same_genome, trial_line
+from evomerge.run.trial_log import (
+    as_logged,
+    encode_scores,
+    is_full,
+    result_from_line,
+    same_genome,
+    trial_line,
+)
 from evomerge.search.protocol import Candidate, Controller, Result
 from evomerge.search_config import SearchConfig
-from evomerge.tasks.base import Task
+from evomerge.tasks.base import Baseline, Task
 
 # a run whose first trials all fail stops there: a broken evaluator would otherwise spend the
 # whole budget (hours of a large model) on errors
@@ -66,7 +73,7 @@ class SchedulingLoop:
     candidates still out, which resume re-issues; CMA-ES checkpoints between generations and
     resume asks the generation again."""
 
-    def __init__(self, cfg: SearchConfig, task: Task, controller: Controller,
+    def __init__(self, cfg: SearchConfig, task: Task, controller: Controller | None,
                  executor: Executor | None, archive: ParetoArchive,
                  cache: dict[str, dict[str, Any]], state: RunState, log_name: str,
                  checkpoint: Checkpointer, resume_hint: str,
@@ -100,11 +107,22 @@ class SchedulingLoop:
         self.last_checkpoint = state.trials
         self.ok_seen = False  # any successful trial in the run (logged ones included)
         self.errors: Counter[str] = Counter()  # failed trials' errors, for the all-failed rule
+        # re-scored splits: validation (choosing the best) when the task has one, and the test
+        self.rescore_splits = (["validation"] if task.has_validation else []) + ["heldout"]
+        self.top: list[float] = []  # the best `rescore_top` full-fidelity values (signed)
+        self.baseline_best: dict[str, float] = {}  # for the live view
 
     def note_best(self, line: dict[str, Any]) -> None:
-        """Track each objective's best from a trial line (live or logged), for the view."""
+        """Track each objective's best from a trial line (live or logged), for the view and
+        the top-k re-scoring rule."""
         if line.get("status") != "ok" or not is_full(line):
             return
+        value = self.sign * line["objectives"][self.primary]
+        self.top = sorted([*self.top, value], reverse=True)[: self.cfg.rescore_top]
+        if line.get("baseline") is not None:
+            best = self.baseline_best.get(self.primary)
+            if best is None or value > self.sign * best:
+                self.baseline_best = dict(line["objectives"])
         for name, value in (line.get("objectives") or {}).items():
             sign = self.signs.get(name, 1.0)
             if name not in self.best_each or sign * value > sign * self.best_each[name]:
@@ -119,7 +137,7 @@ class SchedulingLoop:
         """What the live view shows beyond the counts (computed only when it redraws)."""
         hv = self.archive.history[-1][1] if self.archive.history else None
         return {"best": dict(self.best_each), "front": len(self.archive.front()),
-                "hypervolume": hv,
+                "hypervolume": hv, "baseline": dict(self.baseline_best),
                 "workers": self.executor.states() if self.executor is not None else []}
 
     # --- the steady state -------------------------------------------------------------
@@ -159,9 +177,39 @@ class SchedulingLoop:
             job, out = self.executor.wait()
             self._returned(job, out)
 
+    def run_baselines(self, baselines: list[tuple[int, Baseline]]) -> None:
+        """Score hand-set baselines (candidate ids below zero) in full, on every split,
+        before the controller asks anything; their results seed it (docs/design.md §7.5)."""
+        for cid, b in baselines:
+            genome = b.genome if b.genome is not None else np.zeros(0)
+            cand = Candidate(cid, genome, {"baseline": b.name})
+            self.outstanding[cid] = cand
+            fields: dict[str, Any] = {}
+            if b.genome is not None:
+                fields.update(self.task.log_fields(b.genome, b.payload))
+            elif hasattr(b.payload, "digest"):
+                fields["recipe_digest"] = b.payload.digest()
+            key = self.task.cache_key(b.payload)
+            if key and b.genome is not None:
+                fields["cache_key"] = key
+            fields["baseline"] = b.name
+            self.fields[cid], self.payloads[cid] = fields, b.payload
+            self.queue.append(Job(cid, b.payload, fraction=1.0))
+        while any(cid < 0 for cid in self.outstanding):
+            self._submit()
+            if self.ready:
+                self._finish(*self.ready.pop(0))
+                continue
+            assert self.executor is not None
+            if not self.executor.running():
+                self.executor.wait()  # jobs but no worker to take them: it says why
+            job, out = self.executor.wait()
+            self._returned(job, out)
+
     def _fill(self) -> None:
         """Ask while a worker would be idle (and never past the budget)."""
         limit = self.replay_capacity if self.replay else self.capacity
+        assert self.controller is not None
         while len(self.outstanding) < limit:
             room = self.cfg.budget - self.state.trials - len(self.outstanding)
             if room <= 0:
@@ -220,14 +268,22 @@ class SchedulingLoop:
     def _returned(self, job: Job, out: Outcome) -> None:
         cand = self.outstanding[job.candidate_id]
         self.state.timing.evaluation += out.seconds
-        if job.split == "heldout":
-            res, fields = self.scored.pop(cand.id)
+        if job.split != "search":
+            res, fields, waiting = self.scored[cand.id]
+            waiting.discard(job.split)
             res.seconds += out.seconds
-            if out.status == "ok":
-                res.heldout = out.objectives
+            if out.status != "ok":
+                fields[f"{job.split}_error"] = out.error
+            elif job.split == "validation":
+                res.validation = out.objectives
             else:
-                fields["heldout_error"] = out.error
-            self._finish(cand, res, fields)
+                res.heldout = out.objectives
+                parts = out.extra.get("score_parts")
+                if out.scores is not None and parts:
+                    fields["heldout_items"] = {"parts": parts, **encode_scores(out.scores)}
+            if not waiting:
+                del self.scored[cand.id]
+                self._finish(cand, res, fields)
             return
         res = self._result(cand, out)
         res.seconds += self.rung_seconds.pop(cand.id, 0.0)
@@ -250,13 +306,23 @@ class SchedulingLoop:
         if res.fidelity < 1:
             self._finish(cand, res, fields)
             return
-        if res.status == "ok" and not self.archive.dominated(res.objectives):
-            # a front entrant is also scored on the held-out split (the front is what the
-            # user takes home); the trial finishes when that score is back
-            self.scored[cand.id] = (res, fields)
-            self.queue.insert(0, Job(cand.id, self.payloads[cand.id], "heldout"))
+        if res.status == "ok" and self._rescored(cand, res):
+            # scored on the validation split (which chooses the best) and the test split
+            # (the figure reported); the trial finishes when both are back
+            self.scored[cand.id] = (res, fields, set(self.rescore_splits))
+            for split in reversed(self.rescore_splits):
+                self.queue.insert(0, Job(cand.id, self.payloads[cand.id], split))
             return
         self._finish(cand, res, fields)
+
+    def _rescored(self, cand: Candidate, res: Result) -> bool:
+        """Baselines, Pareto-front entrants and the best `rescore_top` so far by the first
+        objective: the candidates the best is chosen among."""
+        if "baseline" in cand.info or not self.archive.dominated(res.objectives):
+            return True
+        k = self.cfg.rescore_top
+        value = self.sign * res.objectives[self.primary]
+        return k > 0 and (len(self.top) < k or value > self.top[k - 1])
 
     def _result(self, cand: Candidate, out: Outcome) -> Result:
         if out.status != "ok":
@@ -290,27 +356,39 @@ class SchedulingLoop:
             key = fields.get("cache_key")
             if key and res.status == "ok" and "cached" not in fields and res.fidelity >= 1:
                 self.cache.setdefault(key, line)
-        if res.heldout is not None and (
-                state.best is None
-                or self.sign * res.objectives[self.primary]
-                > self.sign * state.best["objectives"][self.primary]):
+        if res.heldout is not None and self._beats_best(res):
             state.best = {"trial": number, "objectives": res.objectives,
-                          "heldout": res.heldout}
+                          "heldout": res.heldout, "validation": res.validation}
             state.best_genome = cand.genome
         state.trials += 1
-        t0 = time.perf_counter()
-        self.controller.tell([(cand, res)])
-        state.timing.controller += time.perf_counter() - t0
+        baseline = cand.info.get("baseline")
+        if baseline is None:
+            assert self.controller is not None
+            t0 = time.perf_counter()
+            self.controller.tell([(cand, res)])
+            state.timing.controller += time.perf_counter() - t0
         if fields is not None:
             self.note_best({"status": res.status, "objectives": res.objectives,
-                            "fidelity": res.fidelity})
+                            "fidelity": res.fidelity, "baseline": baseline})
             if self.progress is not None:
                 self.progress.update(state.trials, self.best_primary, self.details)
-        self._maybe_checkpoint()
+        if baseline is None:  # the first checkpoint follows the baselines
+            self._maybe_checkpoint()
         self.note_status(res.status, res.error)
         if not self.ok_seen and self.done_here and \
                 state.trials >= min(ALL_FAILED_STOP, self.cfg.budget):
             raise RunError(self._all_failed_message())
+
+    def _beats_best(self, res: Result) -> bool:
+        """The best trial is chosen on the validation split when there is one (on the search
+        split, which the controller saw, otherwise)."""
+        best = self.state.best
+        if best is None:
+            return True
+        split = "validation" if res.validation is not None and best.get("validation") \
+            else "objectives"
+        mine = res.validation if split == "validation" else res.objectives
+        return bool(self.sign * mine[self.primary] > self.sign * best[split][self.primary])
 
     def note_status(self, status: str, error: str | None) -> None:
         """Count a trial's outcome toward the all-failed rule (logged trials too)."""
@@ -330,6 +408,7 @@ class SchedulingLoop:
 
     def _maybe_checkpoint(self) -> None:
         state = self.state
+        assert self.controller is not None
         every_trial = self.capacity > 1 and self.controller.outstanding_resumes
         if (self.outstanding or not self.controller.at_boundary()) and not every_trial:
             return  # CMA-ES mid-generation (or a serial run between asks): not a boundary

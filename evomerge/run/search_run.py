@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from evomerge.errors import ConfigError
 from evomerge.executors.base import Executor
 from evomerge.executors.registry import make_executor
@@ -25,7 +27,7 @@ from evomerge.run.directory import RunDirectory
 from evomerge.run.errors import RunError
 from evomerge.run.loop import RunState, SchedulingLoop, Timing
 from evomerge.run.trial_log import archive_from_lines, is_full
-from evomerge.search.protocol import Candidate, Controller, SearchContext
+from evomerge.search.protocol import Candidate, Controller, ControllerSetup, SearchContext
 from evomerge.search.registry import CONTROLLER_KEYS
 from evomerge.search_config import SearchConfig, build_zoo, load_config
 from evomerge.tasks.base import Task
@@ -69,6 +71,22 @@ def with_executor(cfg: SearchConfig, workers: int | None, address: str | None
     if address is not None:
         e.kind, e.address = "ray", address
     return cfg.model_copy(update={"executor": e})
+
+
+def seeded_setup(setup: ControllerSetup, baselines: list[dict[str, Any]],
+                 primary: tuple[str, str]) -> ControllerSetup:
+    """The controller starts from the scored baselines its space can express (docs/design.md
+    §7.5): x0 (CMA-ES's mean, random search's centre) at the best on the search split, and
+    all of them, best first, as `starts` (M2N2's first members, Optuna's first trials)."""
+    name, direction = primary
+    sign = 1.0 if direction == "maximize" else -1.0
+    ok = [line for line in baselines if line["status"] == "ok" and line.get("genome")
+          and is_full(line)]
+    if not ok:
+        return setup
+    ok.sort(key=lambda line: (-sign * line["objectives"][name], line["trial"]))
+    starts = [np.asarray(line["genome"], dtype=np.float64) for line in ok]
+    return dataclasses.replace(setup, x0=starts[0], starts=starts)
 
 
 def timing_from(saved: Any) -> Timing:
@@ -176,9 +194,17 @@ class SearchRun:
         cfg, files = self.cfg, self.files
         task = self.task or build_task(cfg, self.origin)
         self.task = task
+        baselines = task.baselines()
+        if len(baselines) >= cfg.budget:
+            raise ConfigError(
+                f"{self.origin}: budget: {cfg.budget} evaluations leave none to the "
+                f"controller after the {len(baselines)} baselines (raise the budget, or list "
+                "fewer in task.baselines; [] for none)")
         setup = task.controller_setup(cfg.controller.kind, cfg.controller.population)
-        controller = cfg.controller.build(setup, SearchContext(
-            cfg.budget, cfg.seed, task.objectives, self.origin, self.dir))
+        # built once here without the run directory, so that a controller that cannot run
+        # fails before anything is written; the run's own is seeded by the baselines' scores
+        cfg.controller.build(setup, SearchContext(cfg.budget, cfg.seed, task.objectives,
+                                                  self.origin, None))
         state = RunState()
         ckpt = files.load_checkpoint()
         if ckpt is not None:
@@ -186,21 +212,17 @@ class SearchRun:
                 raise RunError(
                     f"{files.config_path}: changed since the run started (only budget "
                     "and max_seconds may change on resume); restore it or start a new run")
-            try:
-                controller.load_state_dict(ckpt["controller"])
-            except ValueError as exc:  # a state this installation cannot continue from
-                raise RunError(f"{files.checkpoint_path}: {exc}") from None
             state = RunState(ckpt["trials"], ckpt["best"], ckpt["best_genome"],
                              timing_from(ckpt["timing"]))
         self._session = (time.monotonic(), state.timing.wall)
-        if hasattr(controller, "budget"):
-            controller.budget = cfg.budget
         files.lock()
         logged = files.read_log(repair=True)
         files.check_log(len(logged), state.trials if ckpt is not None else None)
         if len(logged) > cfg.budget:  # only a lowered --budget gets here
             raise RunError(f"--budget: {cfg.budget} is below the {len(logged)} trials "
                            "already done")
+        if ckpt is None:  # the baselines come first; the rest replays from the log
+            state.trials = sum(1 for line in logged if "baseline" in line)
         if executor is None and state.trials < cfg.budget:
             # its workers are built now: one that cannot start fails here, before any write
             executor = make_executor(cfg, task, self.origin)
@@ -218,11 +240,12 @@ class SearchRun:
             objectives, reference = task.objectives, task.reference_point
             archive = archive_from_lines(logged[: state.trials], objectives, reference)
             loop = SchedulingLoop(
-                cfg, task, controller, executor, archive, cache, state,
+                cfg, task, None, executor, archive, cache, state,
                 log_name=str(files.trials_path),
-                checkpoint=lambda out, cap: self._checkpoint(controller, state, out, cap),
+                checkpoint=lambda out, cap: self._checkpoint(loop.controller, state, out, cap),
                 resume_hint=f"evomerge resume {self.dir}", progress=progress)
-            loop.replay = {line["id"]: line for line in logged[state.trials:]}
+            loop.replay = {line["id"]: line for line in logged[state.trials:]
+                           if "baseline" not in line}
             # the capacity the logged trials were asked under: replaying with another would ask
             # in another order (a run continued with more workers replays as it ran, then widens)
             loop.replay_capacity = (ckpt or {}).get("capacity", 1)
@@ -231,8 +254,6 @@ class SearchRun:
                 loop.note_status(line["status"], line.get("error"))
             for line in logged[: state.trials]:
                 loop.note_rungs(line)
-            if ckpt is None and executor is not None:  # resume needs the capacity from trial 0
-                self._checkpoint(controller, state, [], loop.capacity)
             if progress is not None:
                 # the logged trials are done (those past the checkpoint are replayed, not rerun)
                 progress.start(max(state.trials, len(logged)), cfg.budget, loop.primary)
@@ -240,6 +261,25 @@ class SearchRun:
                     executor.on_idle = lambda: progress.refresh(loop.details)
             with open(files.trials_path, "a", buffering=1) as log_file:
                 loop.log = log_file
+                if ckpt is None and executor is not None:
+                    done = {line["baseline"] for line in logged if "baseline" in line}
+                    loop.run_baselines([(-1 - i, b) for i, b in enumerate(baselines)
+                                        if b.name not in done])
+                scored = [line for line in files.read_log() if "baseline" in line]
+                controller = cfg.controller.build(
+                    seeded_setup(setup, scored, task.objectives[0]),
+                    SearchContext(cfg.budget, cfg.seed, task.objectives, self.origin,
+                                  self.dir))
+                if ckpt is not None:
+                    try:
+                        controller.load_state_dict(ckpt["controller"])
+                    except ValueError as exc:  # a state this installation cannot continue
+                        raise RunError(f"{files.checkpoint_path}: {exc}") from None
+                if hasattr(controller, "budget"):
+                    controller.budget = cfg.budget
+                loop.controller = controller
+                if ckpt is None and executor is not None:  # resume needs the capacity from
+                    self._checkpoint(controller, state, [], loop.capacity)  # trial 0 on
                 loop.run(stop_after, (ckpt or {}).get("outstanding", []))
         finally:
             if progress is not None:

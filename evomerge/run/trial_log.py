@@ -69,6 +69,8 @@ def trial_line(trial: int, cand: Candidate, res: Result, fields: dict[str, Any]
     if res.scores is not None:
         line["scores"] = encode_scores(res.scores)
     line.update(fields)
+    if res.validation is not None:
+        line["validation"] = res.validation
     if res.heldout is not None:
         line["heldout"] = res.heldout
     if res.error:
@@ -82,7 +84,17 @@ def result_from_line(line: dict[str, Any]) -> Result:
     scores = decode_scores(line["scores"]) if "scores" in line else None
     return Result(line["id"], fitness, line["objectives"], scores, line["status"],
                   line.get("heldout"), line["seconds"], line.get("error"),
-                  line.get("fidelity", 1.0))
+                  line.get("fidelity", 1.0), line.get("validation"))
+
+
+def item_scores(field: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A rescored split's per-item scores (`heldout_items`): `evaluator:metric` → scores."""
+    flat = decode_scores(field)
+    out, at = {}, 0
+    for name, n in field["parts"]:
+        out[name] = flat[at: at + n]
+        at += n
+    return out
 
 
 def is_full(line: dict[str, Any]) -> bool:
@@ -109,6 +121,20 @@ def archive_from_lines(lines: list[dict[str, Any]], objectives: list[tuple[str, 
         if line["status"] == "ok" and is_full(line):
             archive.add(line["trial"], line["objectives"])
     return archive
+
+
+def best_line(lines: list[dict[str, Any]], objectives: list[tuple[str, str]],
+              among: str = "all") -> dict[str, Any] | None:
+    """The run's best trial by its first objective: chosen on the validation split among the
+    trials scored there, or, in runs without one, on the search split among the full-fidelity
+    ones (docs/design.md §7.5). `among`: "all", "searched" or "baselines"."""
+    name, direction = objectives[0]
+    sign = 1.0 if direction == "maximize" else -1.0
+    ok = [x for x in lines if x["status"] == "ok" and is_full(x)
+          and (among == "all" or ("baseline" in x) == (among == "baselines"))]
+    split = "validation" if any("validation" in x for x in lines) else "objectives"
+    pool = [x for x in ok if split in x]
+    return max(pool, key=lambda x: (sign * x[split][name], -x["trial"]), default=None)
 
 
 # --- the file ------------------------------------------------------------------------------
@@ -142,5 +168,6 @@ def read_trial_log(path: Path, repair: bool = False) -> list[dict[str, Any]]:
     return lines
 
 
-__all__ = ["TRIAL_KEYS", "archive_from_lines", "as_logged", "decode_scores", "encode_scores",
-           "is_full", "read_trial_log", "result_from_line", "same_genome", "trial_line"]
+__all__ = ["TRIAL_KEYS", "archive_from_lines", "as_logged", "best_line", "decode_scores",
+           "encode_scores", "is_full", "item_scores", "read_trial_log", "result_from_line",
+           "same_genome", "trial_line"]

@@ -282,4 +282,5 @@ class M2N2Spec(ControllerSpec):
                                 mutation_sigma=self.mutation_sigma,
                                 attraction=self.attraction, split_point=self.split_point,
                                 crossover=self.crossover, sample_reward=self.sample_reward)
-        return M2N2(setup.initial, settings, individuals=setup.individuals, seed=ctx.seed)
+        return M2N2(setup.initial_with_starts(), settings, individuals=setup.individuals,
+                    seed=ctx.seed)

@@ -135,15 +135,17 @@ class OptunaSearch(Controller):
 
     def __init__(self, lower: np.ndarray, upper: np.ndarray, objectives: list[tuple[str, str]],
                  sampler: Sampler = "tpe", seed: int = 0, x0: np.ndarray | None = None,
-                 journal: str | Path | None = None):
+                 journal: str | Path | None = None, initial: list[np.ndarray] | None = None):
         """`journal`: the study's journal file (a run's `optuna_journal.log`); None keeps it
-        in memory. Nothing is read or written until the first ask or tell."""
+        in memory. `initial`: points asked first after x0 (the run's baselines). Nothing is
+        read or written until the first ask or tell."""
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         if sampler not in SAMPLERS:
             raise ValueError(f"controller.sampler: {sampler!r} is not one of {list(SAMPLERS)}")
         self.objectives = objectives
         self.sampler, self.seed = sampler, seed
         self.x0 = None if x0 is None else np.asarray(x0, dtype=np.float64)
+        self.initial = [np.asarray(g, dtype=np.float64) for g in initial or []]
         self.dists = {f"x{i}": optuna.distributions.FloatDistribution(float(lo), float(hi))
                       for i, (lo, hi) in enumerate(zip(lower, upper, strict=True))}
         self.journal = Path(journal) if journal is not None else None
@@ -167,9 +169,10 @@ class OptunaSearch(Controller):
         if not storage.get_all_studies():
             study = optuna.create_study(storage=storage, study_name=STUDY,
                                         directions=[d for _, d in self.objectives])
-            if self.x0 is not None:
-                study.enqueue_trial({k: float(v) for k, v in zip(self.dists, self.x0,
-                                                                 strict=True)})
+            first = [] if self.x0 is None else [self.x0]
+            for x in [*first, *(g for g in self.initial
+                               if not any(np.array_equal(g, f) for f in first))]:
+                study.enqueue_trial({k: float(v) for k, v in zip(self.dists, x, strict=True)})
             return study
         study = optuna.load_study(study_name=STUDY, storage=storage)
         count, expected = len(study.get_trials(deepcopy=False)), self.saved.get("trials")
@@ -293,4 +296,5 @@ class OptunaSpec(ControllerSpec):
         else:
             lo, hi = x0 - 3 * self.sigma, x0 + 3 * self.sigma
         return OptunaSearch(lo, hi, ctx.objectives, self.sampler, ctx.seed, x0,
-                            journal=ctx.run_dir / JOURNAL if ctx.run_dir is not None else None)
+                            journal=ctx.run_dir / JOURNAL if ctx.run_dir is not None else None,
+                            initial=setup.starts)

@@ -32,6 +32,15 @@ class ControllerSetup:
     upper: np.ndarray | None = None
     initial: list[np.ndarray] = field(default_factory=list)
     individuals: Any = None  # M2N2: FlatIndividuals (None) or SeedMixtures
+    # scored hand-set points to start from, best first (the run's baselines): x0 is the
+    # first; M2N2 puts them first in its archive, Optuna asks them first
+    starts: list[np.ndarray] = field(default_factory=list)
+
+    def initial_with_starts(self) -> list[np.ndarray]:
+        """`starts`, then the initial members that are not among them (as many as the
+        larger of the two lists)."""
+        rest = [g for g in self.initial if not any(np.array_equal(g, h) for h in self.starts)]
+        return [*self.starts, *rest][: max(len(self.initial), len(self.starts))]
 
 
 
@@ -55,10 +64,11 @@ class Result:
     objectives: dict[str, float] = field(default_factory=dict)
     scores: np.ndarray | None = None
     status: str = "ok"  # "ok" or "failed"
-    heldout: dict[str, float] | None = None
+    heldout: dict[str, float] | None = None  # objectives on the test split
     seconds: float = 0.0
     error: str | None = None
     fidelity: float = 1.0  # the share of the search split it was scored on
+    validation: dict[str, float] | None = None  # objectives on the validation split
 
 
 class Controller(ABC):

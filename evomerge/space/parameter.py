@@ -130,6 +130,56 @@ class ParameterSpace(Space):
         x = self._check(genome)
         return self._recipe(self.method_of(x), x)
 
+    def encode(self, method: str, parameters: Mapping[str, float | Sequence[float]]
+               ) -> np.ndarray:
+        """The genome of a hand-set recipe: `method` with `parameters` (a per-source one as one
+        value or one per source) in every tensor kind and layer group; parameters left out
+        take the method's default. ValueError names what this space cannot express."""
+        if method not in self.methods:
+            raise ValueError(f"{method} is not a method of this space ({', '.join(self.methods)})")
+        spec = get_method(method)
+        x = np.full(self.dim, 0.5)
+        n = len(self._cells)
+        k_sources = len(self.sources)
+
+        def unit(name: str, value: float) -> float:
+            lo, hi = self.ranges[name]
+            if hi == lo:
+                if value != lo:
+                    raise ValueError(f"{name} = {value:g}: the space fixes it at {lo:g}")
+                return 0.5
+            u = (float(value) - lo) / (hi - lo)
+            if not -1e-12 <= u <= 1 + 1e-12:
+                raise ValueError(f"{name} = {value:g} is outside the space's range "
+                                 f"[{lo:g}, {hi:g}]")
+            return min(1.0, max(0.0, u))
+
+        given = dict(parameters)
+        fixed = [p for p in given if p not in self.per_source_params + self.shared_params]
+        for p in fixed:
+            default = {**spec.per_source_defaults, **spec.shared_defaults}.get(p)
+            if given[p] != default:
+                raise ValueError(f"{p}: not searched in this space (it stays {default})")
+        pos = 0
+        for k in range(k_sources):
+            for p in self.per_source_params:
+                if p in spec.per_source_defaults:
+                    value = given.get(p, spec.per_source_defaults[p])
+                    if isinstance(value, Sequence):
+                        value = value[k]
+                    x[pos: pos + n] = unit(p, float(value))
+                pos += n
+        for p in self.shared_params:
+            if p in spec.shared_defaults:
+                value = given.get(p, spec.shared_defaults[p])
+                if isinstance(value, Sequence):
+                    raise ValueError(f"{p}: one value (a parameter shared by the sources)")
+                x[pos: pos + n] = unit(p, float(value))
+            pos += n
+        if len(self.methods) > 1:
+            x[-1] = (self.methods.index(method) + 0.5) / len(self.methods)
+        return x
+
     # --- helpers ----------------------------------------------------------------------------
     def describe(self) -> list[str]:
         """Gene names in genome order."""

@@ -5,6 +5,7 @@ which an executor builds wherever candidates are evaluated."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,12 +28,30 @@ class TaskWorker(ABC):
         return None
 
 
+@dataclass
+class Baseline:
+    """A hand-set candidate scored before the search (docs/design.md §7.5): `payload` is what
+    a worker evaluates; `genome` its point in the run's space, or None when the space cannot
+    express it (then it is a reference line only, never a starting point; `note` says why)."""
+
+    name: str
+    payload: Any
+    genome: np.ndarray | None
+    note: str = ""
+
+
 class Task(ABC):
     """One kind of search (merge, digits, synthetic): what a genome means, what is scored and
     which way is better. Built by `evomerge.tasks.registry.build_task`."""
 
     objectives: list[tuple[str, str]]
     reference_point: dict[str, float]
+    # whether its workers score a validation split (then the best trial is chosen on it)
+    has_validation: bool = False
+
+    def baselines(self) -> list[Baseline]:
+        """Hand-set candidates scored before the search, in order (none by default)."""
+        return []
 
     @staticmethod
     @abstractmethod

@@ -22,9 +22,11 @@ from evomerge.evaluate.registry import build_evaluator
 from evomerge.merge.errors import MergeError
 from evomerge.merge.options import MergeOptions
 from evomerge.merge.sources import check_compatible, open_models
+from evomerge.merge_methods import get_method
 from evomerge.recipe import Recipe
 from evomerge.search.protocol import ControllerSetup
-from evomerge.tasks.base import Task, TaskWorker
+from evomerge.search_config import BaselineSpec
+from evomerge.tasks.base import Baseline, Task, TaskWorker
 
 
 class MergeWorker(TaskWorker):
@@ -47,21 +49,43 @@ class MergeWorker(TaskWorker):
                 for name, ev in self.evaluators.items()}
         t2 = time.perf_counter()
         objectives: dict[str, float] = {}
+        search = split == "search"
         for o in self.spec.objectives:
-            value = o.value(outs[o.evaluator].metrics)
+            value = o.value(outs[o.evaluator].metrics, search)
+            parts = o.search_parts if search else o.parts
             if value is None:
                 raise EvaluatorError(f"objective {o.name}: evaluator {o.evaluator} returned no "
-                                     f"metric {o.parts} (it returned "
+                                     f"metric {parts} (it returned "
                                      f"{sorted(outs[o.evaluator].metrics)})")
             if not math.isfinite(value):
-                raise EvaluatorError(f"objective {o.name}: {'/'.join(o.parts)} is {value}")
+                raise EvaluatorError(f"objective {o.name}: {'/'.join(parts)} is {value}")
             objectives[o.name] = float(value)
-        scores = self._scores(outs) if split == "search" else None
-        if split == "search" and self.needs_scores and scores is None:
+        extra: dict[str, Any] = {"build_seconds": round(t1 - t0, 6),
+                                 "eval_seconds": round(t2 - t1, 6)}
+        if split != "search":  # per item of every metric an objective reads: paired tests
+            scores, extra["score_parts"] = self._objective_items(outs)
+            return objectives, scores, extra
+        scores = self._scores(outs)
+        if self.needs_scores and scores is None:
             raise EvaluatorError("M2N2 needs per-sample scores, and no objective in "
                                  "task.sample_scores has them")
-        extra = {"build_seconds": round(t1 - t0, 6), "eval_seconds": round(t2 - t1, 6)}
         return objectives, scores, extra
+
+    def _objective_items(self, outs: dict[str, Any]) -> tuple[np.ndarray | None,
+                                                              list[list[Any]]]:
+        """Per-item scores of the metrics the objectives read (`evaluator:metric`, those
+        that have them), concatenated, and the [name, items] parts in order."""
+        parts: list[list[Any]] = []
+        arrays = []
+        for o in self.spec.objectives:
+            for m in o.parts:
+                key = f"{o.evaluator}:{m}"
+                s = outs[o.evaluator].samples.get(m)
+                if s is None or any(p[0] == key for p in parts):
+                    continue
+                parts.append([key, int(np.asarray(s).size)])
+                arrays.append(np.asarray(s, dtype=np.float32))
+        return (np.concatenate(arrays) if arrays else None), parts
 
     def _scores(self, outs: dict[str, Any]) -> np.ndarray | None:
         names = self.sample_scores or [o.name for o in self.spec.objectives
@@ -116,6 +140,7 @@ class MergeTask(Task):
         self.spec = spec = cfg.task
         self.origin = origin
         self.objectives, self.reference_point = self.objectives_of(cfg)
+        self.has_validation = all(ev.has_validation for ev in spec.evaluators)
         self.space = self._space()
         self.evaluators: dict[str, Evaluator] = {}
         self._worker: MergeWorker | None = None
@@ -131,9 +156,10 @@ class MergeTask(Task):
                                       f"{type(exc).__name__}: {exc}") from None
             for i, o in enumerate(spec.objectives):
                 known = self.evaluators[o.evaluator].metrics()
-                for m in o.parts:
+                for m in [*o.parts, *o.search_parts]:
                     if m not in known:
-                        key = "metric" if o.metric else "metrics"
+                        key = ("metric" if o.metric else "metrics") if m in o.parts else \
+                            ("search_metric" if o.search_metric else "search_metrics")
                         raise ConfigError(f"{origin}: task.objectives[{i}].{key}: evaluator "
                                           f"{o.evaluator!r} produces no {m!r} (it produces "
                                           f"{known})")
@@ -285,6 +311,56 @@ class MergeTask(Task):
                 m.close()
         return gram
 
+    # --- baselines ---------------------------------------------------------------------------
+    def baselines(self) -> list[Baseline]:
+        """The config's hand-set recipes, or the defaults for its space (docs/design.md §7.5),
+        each as a point of the space where the space can express it."""
+        kind = self.spec.space.kind
+        if kind == "dfs":
+            return [] if self.spec.baselines == [] else [
+                Baseline("model A alone", self.space.decode(self.space.initial()),
+                         self.space.initial())]
+        if kind == "seed_mixture":
+            if self.spec.baselines is None:
+                sp = self.space
+                named = [(f"source {k} alone", g) for k, g in enumerate(sp.seeds())]
+                return [Baseline(n, sp.decode(g), g) for n, g in
+                        [*named, (f"uniform 1/{sp.k}", sp.initial())]]
+        specs = self.spec.baselines
+        if specs is None:
+            specs = default_baselines(len(self.spec.sources), self.spec.base is not None,
+                                      self.space)
+        return [self._baseline(b) for b in specs]
+
+    def _baseline(self, b: Any) -> Baseline:
+        """One hand-set recipe: decoded from its genome when the space can express it (so it
+        is exactly the point a controller would propose), else built as it is."""
+        try:
+            genome = self.space.encode(b.method, b.parameters)
+            return Baseline(b.name, self.space.decode(genome), genome)
+        except (ValueError, AttributeError) as exc:
+            note = str(exc) if isinstance(exc, ValueError) else "not a parameter space"
+        t = self.spec
+        per_source = {p for p, v in b.parameters.items() if isinstance(v, list)}
+        shared = {p: v for p, v in b.parameters.items() if p not in per_source}
+        method = get_method(b.method)
+        shared_now = {p: v for p, v in shared.items() if p in method.shared_defaults}
+        sources = [{"model": ref, "parameters": {
+            **{p: v for p, v in shared.items() if p in method.per_source_defaults},
+            **{p: b.parameters[p][k] for p in per_source}}}
+            for k, ref in enumerate(t.sources)]
+        data: dict[str, Any] = {"method": b.method, "sources": sources,
+                                "parameters": shared_now, "seed": getattr(t.space, "seed", 0)}
+        if t.base and method.needs_base:
+            data["base"] = t.base
+        if t.candidate.dtype:
+            data["dtype"] = t.candidate.dtype
+        try:
+            recipe = Recipe.from_dict(data, f"{self.origin}: baseline {b.name!r}")
+        except Exception as exc:
+            raise ConfigError(f"{self.origin}: task.baselines ({b.name}): {exc}") from None
+        return Baseline(b.name, recipe, None, note)
+
     # --- per candidate ---------------------------------------------------------------------
     def decode(self, genome: np.ndarray) -> Recipe:
         """The merge recipe the genome stands for in the config's space."""
@@ -310,6 +386,33 @@ class MergeTask(Task):
             except MergeError as exc:
                 raise ConfigError(f"{self.origin}: task: {exc}") from None
         return self._worker
+
+
+def default_baselines(n_sources: int, has_base: bool, space: Any) -> list[Any]:
+    """What a person would set by hand: each source alone, task arithmetic at 1 and at 1/n,
+    TIES and DARE-TIES at density 0.5 and weight 1 (those that need a base only with one)."""
+    methods = list(getattr(space, "methods", []))
+    # a source alone, in the space's own terms where it can say it (one weight 1, the rest
+    # 0, nothing dropped): then it is also a starting point
+    weighted = [m for m in methods if "weight" in get_method(m).per_source_defaults]
+    alone = next((m for m in weighted if m in ("task_arithmetic", "linear")),
+                 weighted[0] if weighted else "linear")
+    out = []
+    for k in range(n_sources):
+        params: dict[str, Any] = {"weight": [1.0 if i == k else 0.0 for i in range(n_sources)]}
+        if "density" in get_method(alone).per_source_defaults:
+            params["density"] = 1.0
+        out.append(BaselineSpec(name=f"source {k} alone", method=alone, parameters=params))
+    if has_base:
+        out += [BaselineSpec(name="task arithmetic, weight 1", method="task_arithmetic",
+                             parameters={"weight": 1.0}),
+                BaselineSpec(name=f"task arithmetic, weight 1/{n_sources}",
+                             method="task_arithmetic", parameters={"weight": 1 / n_sources}),
+                BaselineSpec(name="TIES, density 0.5, weight 1", method="ties",
+                             parameters={"weight": 1.0, "density": 0.5}),
+                BaselineSpec(name="DARE-TIES, density 0.5, weight 1", method="dare_ties",
+                             parameters={"weight": 1.0, "density": 0.5})]
+    return out
 
 
 def _check_tokenizers(models: list[Any], origin: str) -> None:
