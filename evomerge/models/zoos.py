@@ -14,9 +14,10 @@ from pathlib import Path
 
 from evomerge.models import smollm2
 
-KINDS = ("skills", "example", "smollm2")
+KINDS = ("skills", "example", "smollm2", "smollm2_mix")
 DURATION = {"skills": "about a minute", "example": "seconds",
-            "smollm2": "about 10 minutes: conversion and two fine-tunes"}
+            "smollm2": "about 10 minutes: conversion and two fine-tunes",
+            "smollm2_mix": "about 20 minutes: conversion and three fine-tunes"}
 
 
 def ready(kind: str, out: Path) -> bool:
@@ -25,6 +26,10 @@ def ready(kind: str, out: Path) -> bool:
         from evomerge.models.smollm2_experts import experts_ready  # torch: see the module docstring
 
         return smollm2.ready(out / "base") and experts_ready(out)
+    if kind == "smollm2_mix":
+        from evomerge.models import smollm2_interfering  # torch: see the module docstring
+
+        return smollm2.ready(out / "base") and smollm2_interfering.experts_ready(out)
     if kind == "skills":
         from evomerge.models.skill_zoo import zoo_ready  # torch: see the module docstring
 
@@ -35,7 +40,7 @@ def ready(kind: str, out: Path) -> bool:
 def check(kind: str) -> None:
     """Raise (SmolLM2Error) where this kind cannot be built here, before anything is said or
     written."""
-    if kind == "smollm2":
+    if kind in ("smollm2", "smollm2_mix"):
         smollm2.gguf_path()
 
 
@@ -48,6 +53,12 @@ def build(kind: str, out: Path, log: Callable[[str], None] | None = None) -> dic
 
         out.mkdir(parents=True, exist_ok=True)
         return build_experts(out, smollm2.convert(out / "base", say), log=say)
+    if kind == "smollm2_mix":  # the same base, three experts that interfere (issue 23)
+        from evomerge.models import smollm2_interfering  # torch: see the module docstring
+
+        out.mkdir(parents=True, exist_ok=True)
+        return smollm2_interfering.build_experts(out, smollm2.convert(out / "base", say),
+                                                 log=say)
     if kind == "skills":
         from evomerge.models.skill_zoo import build_skill_zoo  # torch: see the module docstring
 
