@@ -200,81 +200,82 @@ def main() -> None:
             studies.setdefault(label, []).append(data)
             print(label, seed, f"test worst {data['chosen']['test']['worst']['value']:.3f}",
                   f"{data['session']:.0f} s", flush=True)
-    seeds = min(len(runs) for runs in studies.values())
+    seeds = min((len(runs) for runs in studies.values()), default=0)
     studies = {label: runs[:seeds] for label, runs in studies.items()}
 
-    first = studies["NSGA-II (quickstart)"][0]
     lines = ["# Quickstart: search against hand-set baselines on the skill zoo", "",
              f"Command: `{command}`", "", *(f"- {x}" for x in machine_info()),
              f"- the zoo (`zoo.json`): built in {meta['seconds']} s; inline executor (one "
-             "process, reproducible); each run's budget counts its 7 baselines", "",
-             "Every figure below is exact match on the **test** split (750 held-out items per "
-             "skill that chose nothing), for the trial chosen on the **validation** split "
-             "(the other 750 held-out items); ± is one standard error. Differences to the "
-             "best baseline are paired over the same 2,250 test items (bootstrap, 95% "
-             "interval; resampled within each skill, worst skill recomputed).", "",
-             "## The experts and the baselines", "",
-             "| model | " + " | ".join(meta["exact_match_test"]["base"]) + " |",
-             "|---|" + "---|" * len(meta["exact_match_test"]["base"])]
-    for name, sc in meta["exact_match_test"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in sc.values()) + " |")
-    lines += ["", "Baselines, scored first in every run (identical in every run: the same "
-              "recipes on the same items); worst skill:", "",
-              "| baseline | search | validation | test | starts the search |",
-              "|---|---|---|---|---|"]
-    for b in first["baselines"]:
-        lines.append(f"| {b['name']} | {b['search']['worst']:.3f} | "
-                     f"{b['validation']['worst']:.3f} | {b['test']['worst']:.3f} | "
-                     f"{'yes' if b['start'] else 'no (not in the space)'} |")
-    base_entry = first["best_baseline"]
-    lines += ["", f"Best baseline on validation: {base_entry['baseline']} (test worst "
-              f"{base_entry['test']['worst']['value']:.3f} ± "
-              f"{base_entry['test']['worst']['se']:.3f}).", "",
-              f"## Controllers at {args.budget} trials ({seeds} seeds)", "",
-              "| controller | test worst skill (mean ± s.e. over seeds) | per seed | vs best "
-              "baseline, per seed: difference [95% interval] | evaluation s per run |",
-              "|---|---|---|---|---|"]
-    verdicts: dict[str, list[Any]] = {}
-    for label, runs in studies.items():
-        finals = [r["chosen"]["test"]["worst"]["value"] for r in runs]
-        diffs = []
-        for r in runs:
-            best = resolved(r, r["best_searched"])
-            base = resolved(r, r["best_baseline"])
-            diffs.append(paired(best, base, keys))
-        verdicts[label] = diffs
-        lines.append(f"| {label} | {mean_se(finals)} | "
-                     + ", ".join(f"{v:.3f}" for v in finals) + " | "
-                     + "; ".join(interval(d) for d in diffs)
-                     + f" | {statistics.mean(r['wall'] for r in runs):.0f} |")
-    # anytime curves
-    marks = sorted({m for m in (10, 20, 30, 40, 50, 60, 80, 100, 120, 160, 200)
-                    if m <= args.budget} | {args.budget})
-    lines += ["", "Anytime: test worst skill of the validation-chosen best after n trials "
-              "(mean over seeds; the first 7 trials are the baselines). "
-              "`results/quickstart_curves.png` draws every trial.", "",
-              "| controller | " + " | ".join(f"n={m}" for m in marks) + " |",
-              "|---|" + "---|" * len(marks)]
-    curves = {label: [curve(r["lines"], "worst", args.budget) for r in runs]
-              for label, runs in studies.items()}
-    for label, cs in curves.items():
-        row = []
-        for m in marks:
-            vals = [c[m - 1] for c in cs if c[m - 1] is not None]
-            row.append(f"{statistics.mean(vals):.3f}" if vals else "-")
-        lines.append(f"| {label} | " + " | ".join(row) + " |")
-    _plot(curves, args.budget, args.out.with_name("quickstart_curves.png"),
-          base_entry["test"]["worst"]["value"])
-    # the fitness signal, paired by seed on the same test items
-    acc, pans = studies["CMA-ES (worst skill)"], studies["CMA-ES on p_answer (worst skill)"]
-    lines += ["", "## The fitness signal: CMA-ES on exact match against CMA-ES on the answer "
-              "probability (same seeds, same budget, both reported on exact match)", "",
-              "| seed | exact match → test worst | p_answer → test worst | p_answer − exact "
-              "match, paired [95% interval] |", "|---|---|---|---|"]
-    for seed, (a, p) in enumerate(zip(acc, pans, strict=True)):
-        d = paired(resolved(p, p["chosen"]), resolved(a, a["chosen"]), keys)
-        lines.append(f"| {seed} | {a['chosen']['test']['worst']['value']:.3f} | "
-                     f"{p['chosen']['test']['worst']['value']:.3f} | {interval(d)} |")
+             "process, reproducible); each run's budget counts its baselines", "",
+             "Every figure below is exact match on the **test** split (the held-out items "
+             "that chose nothing), for the trial chosen on the **validation** split (the "
+             "other half of the held-out items); ± is one standard error. Differences to the "
+             "best baseline are paired over the same test items (bootstrap, 95% interval; "
+             "for the worst skill resampled within each skill and recomputed).", ""]
+    if studies:
+        first = studies["NSGA-II (quickstart)"][0]
+        lines += ["## The experts and the baselines", "",
+                  "| model | " + " | ".join(meta["exact_match_test"]["base"]) + " |",
+                  "|---|" + "---|" * len(meta["exact_match_test"]["base"])]
+        for name, sc in meta["exact_match_test"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in sc.values()) + " |")
+        lines += ["", "Baselines, scored first in every run (identical in every run: the same "
+                  "recipes on the same items); worst skill:", "",
+                  "| baseline | search | validation | test | starts the search |",
+                  "|---|---|---|---|---|"]
+        for b in first["baselines"]:
+            lines.append(f"| {b['name']} | {b['search']['worst']:.3f} | "
+                         f"{b['validation']['worst']:.3f} | {b['test']['worst']:.3f} | "
+                         f"{'yes' if b['start'] else 'no (not in the space)'} |")
+        base_entry = first["best_baseline"]
+        lines += ["", f"Best baseline on validation: {base_entry['baseline']} (test worst "
+                  f"{base_entry['test']['worst']['value']:.3f} ± "
+                  f"{base_entry['test']['worst']['se']:.3f}).", "",
+                  f"## Controllers at {args.budget} trials ({seeds} seeds)", "",
+                  "| controller | test worst skill (mean ± s.e. over seeds) | per seed | vs best "
+                  "baseline, per seed: difference [95% interval] | evaluation s per run |",
+                  "|---|---|---|---|---|"]
+        verdicts: dict[str, list[Any]] = {}
+        for label, runs in studies.items():
+            finals = [r["chosen"]["test"]["worst"]["value"] for r in runs]
+            diffs = []
+            for r in runs:
+                best = resolved(r, r["best_searched"])
+                base = resolved(r, r["best_baseline"])
+                diffs.append(paired(best, base, keys))
+            verdicts[label] = diffs
+            lines.append(f"| {label} | {mean_se(finals)} | "
+                         + ", ".join(f"{v:.3f}" for v in finals) + " | "
+                         + "; ".join(interval(d) for d in diffs)
+                         + f" | {statistics.mean(r['wall'] for r in runs):.0f} |")
+        # anytime curves
+        marks = sorted({m for m in (10, 20, 30, 40, 50, 60, 80, 100, 120, 160, 200)
+                        if m <= args.budget} | {args.budget})
+        lines += ["", "Anytime: test worst skill of the validation-chosen best after n trials "
+                  "(mean over seeds; the first 7 trials are the baselines). "
+                  "`results/quickstart_curves.png` draws every trial.", "",
+                  "| controller | " + " | ".join(f"n={m}" for m in marks) + " |",
+                  "|---|" + "---|" * len(marks)]
+        curves = {label: [curve(r["lines"], "worst", args.budget) for r in runs]
+                  for label, runs in studies.items()}
+        for label, cs in curves.items():
+            row = []
+            for m in marks:
+                vals = [c[m - 1] for c in cs if c[m - 1] is not None]
+                row.append(f"{statistics.mean(vals):.3f}" if vals else "-")
+            lines.append(f"| {label} | " + " | ".join(row) + " |")
+        _plot(curves, args.budget, args.out.with_name("quickstart_curves.png"),
+              base_entry["test"]["worst"]["value"])
+        # the fitness signal, paired by seed on the same test items
+        acc, pans = studies["CMA-ES (worst skill)"], studies["CMA-ES on p_answer (worst skill)"]
+        lines += ["", "## The fitness signal: CMA-ES on exact match against CMA-ES on the answer "
+                  "probability (same seeds, same budget, both reported on exact match)", "",
+                  "| seed | exact match → test worst | p_answer → test worst | p_answer − exact "
+                  "match, paired [95% interval] |", "|---|---|---|---|"]
+        for seed, (a, p) in enumerate(zip(acc, pans, strict=True)):
+            d = paired(resolved(p, p["chosen"]), resolved(a, a["chosen"]), keys)
+            lines.append(f"| {seed} | {a['chosen']['test']['worst']['value']:.3f} | "
+                         f"{p['chosen']['test']['worst']['value']:.3f} | {interval(d)} |")
     if cross:
         ps_report = cross[0][2]
         base = resolved(ps_report, ps_report["best_baseline"])
@@ -282,6 +283,9 @@ def main() -> None:
                   f"CMA-ES, {args.budget} trials each, exact match on the add_b test split "
                   f"(750 items). Best baseline (of the PS run, on validation): "
                   f"{base['baseline']}, test {base['heldout']['add_b']:.3f}.", "",
+                  "Baselines of the PS run (test): " + ", ".join(
+                      f"{b['name']} {b['test']['add_b']:.3f}" for b in ps_report["baselines"])
+                  + ".", "",
                   "| search | test add_b of its best searched trial | − best baseline, paired "
                   "[95% interval] |", "|---|---|---|"]
         for what, line, r in cross:
