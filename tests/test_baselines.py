@@ -100,18 +100,60 @@ def test_what_the_space_cannot_say_is_named():
 
 def test_seeded_setup_starts_from_the_best_scored_baseline():
     setup = ControllerSetup(np.full(2, 0.5), np.zeros(2), np.ones(2), [np.full(2, 0.5)])
-    lines = [
-        {"trial": 0, "status": "ok", "objectives": {"loss": 0.3}, "genome": [0.1, 0.1]},
-        {"trial": 1, "status": "ok", "objectives": {"loss": 0.2}, "genome": [0.9, 0.9]},
-        {"trial": 2, "status": "ok", "objectives": {"loss": 0.1}},  # outside the space
-        {"trial": 3, "status": "failed", "objectives": {}, "genome": [0.0, 0.0]},
-    ]
+    lines = [{"trial": i, "id": -1 - i, "fitness": f, "seconds": 1.0, **x} for i, (f, x) in
+             enumerate([(-0.3, {"status": "ok", "objectives": {"loss": 0.3}, "genome": [0.1, 0.1]}),
+                        (-0.2, {"status": "ok", "objectives": {"loss": 0.2}, "genome": [0.9, 0.9]}),
+                        (-0.1, {"status": "ok", "objectives": {"loss": 0.1}}),  # not in the space
+                        (None, {"status": "failed", "objectives": {}, "genome": [0.0, 0.0]})])]
     seeded = seeded_setup(setup, lines, ("loss", "minimize"))
     assert seeded.x0.tolist() == [0.9, 0.9]
     assert [g.tolist() for g in seeded.starts] == [[0.9, 0.9], [0.1, 0.1]]
     assert [g.tolist() for g in seeded.initial_with_starts()] == [[0.9, 0.9], [0.1, 0.1]]
+    assert [(r.candidate_id, r.fitness) for r in seeded.start_results] == [(-2, -0.2), (-1, -0.3)]
     assert seeded_setup(setup, lines[2:], ("loss", "minimize")) is setup
 
+
+
+def test_m2n2_takes_scored_starts_into_its_archive_without_asking_them():
+    from evomerge.search.m2n2 import M2N2Spec
+    from evomerge.search.protocol import Result, SearchContext
+
+    starts = [np.full(2, 0.9), np.full(2, 0.1), np.array([0.9, 0.1])]
+    results = [Result(-1 - i, f, {"y": f}, np.array([f, 1 - f, 0.5]))
+               for i, f in enumerate([0.8, 0.4, 0.3])]
+    setup = ControllerSetup(np.full(2, 0.5), np.zeros(2), np.ones(2),
+                            [np.full(2, 0.5), np.full(2, 0.7)], starts=starts,
+                            start_results=results)
+    spec = M2N2Spec(kind="m2n2", archive_size=4)
+    ctx = SearchContext(10, 0, [("y", "maximize")], "<test>", None)
+    m2n2 = spec.build(setup, ctx)
+    assert [g.tolist() for g in m2n2.genomes] == [g.tolist() for g in starts]
+    assert m2n2.scores.shape == (3, 3) and m2n2.best_genome().tolist() == [0.9, 0.9]
+    first = m2n2.ask()[0]
+    assert "initial" not in first.info and first.info["parent_a"] in range(3)
+    # starts without per-sample scores are asked, as are the task's fill members
+    unscored = [Result(r.candidate_id, r.fitness, r.objectives) for r in results]
+    plain = spec.build(ControllerSetup(setup.x0, setup.lower, setup.upper, setup.initial,
+                                       starts=starts, start_results=unscored), ctx)
+    asked = [plain.ask()[0] for _ in range(3)]
+    assert all(c.info.get("initial") for c in asked)
+    assert [c.genome.tolist() for c in asked] == [g.tolist() for g in starts]
+
+
+def test_an_m2n2_run_spends_no_trial_on_its_scored_baselines(zoo, tasks_dir, tmp_path):
+    data = defaults_config(zoo, tasks_dir, {"kind": "m2n2", "archive_size": 4}, 10)
+    run = tmp_path / "run"
+    SearchRun.create(write_config(tmp_path / "c.yaml", data), run).run()
+    lines = log_lines(run)
+    assert [x.get("baseline") for x in lines[:6]] == DEFAULT_NAMES
+    searched = lines[6:]
+    assert len(searched) == 4 and not any("cached" in x for x in searched)
+    # resume from the checkpoint after the baselines asks the same children
+    again = tmp_path / "again"
+    SearchRun.create(write_config(tmp_path / "c.yaml", data), again).run(stop_after=0)
+    SearchRun.open(again).run()
+    assert [x["recipe_digest"] for x in log_lines(again)] == \
+        [x["recipe_digest"] for x in lines]
 
 # --- config ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("baselines, space, match", [

@@ -26,7 +26,7 @@ from evomerge.progress import Progress
 from evomerge.run.directory import RunDirectory
 from evomerge.run.errors import RunError
 from evomerge.run.loop import RunState, SchedulingLoop, Timing
-from evomerge.run.trial_log import archive_from_lines, is_full
+from evomerge.run.trial_log import archive_from_lines, is_full, result_from_line
 from evomerge.search.protocol import Candidate, Controller, ControllerSetup, SearchContext
 from evomerge.search.registry import CONTROLLER_KEYS
 from evomerge.search_config import SearchConfig, build_zoo, load_config
@@ -86,7 +86,8 @@ def seeded_setup(setup: ControllerSetup, baselines: list[dict[str, Any]],
         return setup
     ok.sort(key=lambda line: (-sign * line["objectives"][name], line["trial"]))
     starts = [np.asarray(line["genome"], dtype=np.float64) for line in ok]
-    return dataclasses.replace(setup, x0=starts[0], starts=starts)
+    return dataclasses.replace(setup, x0=starts[0], starts=starts,
+                               start_results=[result_from_line(line) for line in ok])
 
 
 def timing_from(saved: Any) -> Timing:

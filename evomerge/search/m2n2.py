@@ -139,8 +139,11 @@ class M2N2(Controller):
     name = "m2n2"
 
     def __init__(self, initial: list[np.ndarray], settings: M2N2Settings | None = None,
-                 individuals: FlatIndividuals | SeedMixtures | None = None, seed: int = 0):
-        if not initial:
+                 individuals: FlatIndividuals | SeedMixtures | None = None, seed: int = 0,
+                 scored: list[tuple[np.ndarray, Result]] | None = None):
+        """`initial`: members to ask first; `scored`: members already scored (the run's
+        baselines), taken into the archive without a trial."""
+        if not initial and not scored:
             raise ValueError("m2n2: needs at least one initial member")
         self.s = settings or M2N2Settings()
         self.ind = individuals or FlatIndividuals()
@@ -152,6 +155,8 @@ class M2N2(Controller):
         self.scores: np.ndarray | None = None  # P × N
         self.fitness_of_best: float = -np.inf
         self.best: np.ndarray | None = None
+        if scored:
+            self.tell([(Candidate(-1 - i, np.asarray(g)), r) for i, (g, r) in enumerate(scored)])
 
     # --- the algorithm -------------------------------------------------------------------
     def shared_fitness(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -277,10 +282,21 @@ class M2N2Spec(ControllerSpec):
         return self.archive_size
 
     def build(self, setup: ControllerSetup, ctx: SearchContext) -> M2N2:
-        """M2N2 over the task's initial members (flat vectors or seed mixtures)."""
+        """M2N2 over the task's initial members (flat vectors or seed mixtures).
+
+        Starts scored on the search split with per-sample scores (the run's baselines) enter
+        the archive as they are: asking them again would spend a trial each on a cached
+        answer. With two or more of them the archive starts there and children fill it; the
+        task's random fill members are asked only when fewer exist (each of those is a full
+        evaluation: an archive member must be scored on every sample)."""
         settings = M2N2Settings(archive_size=self.archive_size, alpha=self.alpha,
                                 mutation_sigma=self.mutation_sigma,
                                 attraction=self.attraction, split_point=self.split_point,
                                 crossover=self.crossover, sample_reward=self.sample_reward)
+        scored = [(g, r) for g, r in zip(setup.starts, setup.start_results, strict=False)
+                  if r.status == "ok" and r.scores is not None]
+        if len(scored) >= 2 and len(scored) == len(setup.starts):
+            return M2N2([], settings, individuals=setup.individuals, seed=ctx.seed,
+                        scored=scored)
         return M2N2(setup.initial_with_starts(), settings, individuals=setup.individuals,
                     seed=ctx.seed)

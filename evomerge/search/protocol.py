@@ -35,6 +35,9 @@ class ControllerSetup:
     # scored hand-set points to start from, best first (the run's baselines): x0 is the
     # first; M2N2 puts them first in its archive, Optuna asks them first
     starts: list[np.ndarray] = field(default_factory=list)
+    # the Results the starts were scored with (same order): a controller that can take a
+    # scored point in without asking for it (M2N2's archive) spends no trial on it
+    start_results: list[Result] = field(default_factory=list)
 
     def initial_with_starts(self) -> list[np.ndarray]:
         """`starts`, then the initial members that are not among them (as many as the
