@@ -79,13 +79,29 @@ def run(cfg: dict, runs: Path, name: str) -> dict[str, Any]:
     path = runs / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     start = time.perf_counter()
-    SearchRun.create(path, runs / name).run()
+    # an explicit budget: a kept run with a smaller one is extended (its first trials stay)
+    SearchRun.create(path, runs / name, budget=cfg["budget"]).run()
     data = report(runs / name)
     lines = RunDirectory(runs / name).read_log()
     data["lines"] = lines
     data["wall"] = sum(x["seconds"] for x in lines)  # evaluation seconds, summed
     data["session"] = time.perf_counter() - start
     return data
+
+
+WORST = [("worst", "maximize")]
+
+
+def at(data: dict[str, Any], n: int) -> dict[str, Any]:
+    """The run as it stood after n trials: the validation-chosen best, the best searched
+    trial and the best baseline (a kept run may have gone on further)."""
+    lines = data["lines"][:n]
+    cut = {"lines": lines, "wall": sum(x["seconds"] for x in lines),
+           "evaluations": sum("cached" not in x for x in lines)}
+    for key, among in (("chosen", "all"), ("best_searched", "searched"),
+                       ("best_baseline", "baselines")):
+        cut[key] = best_line([x for x in lines if "heldout" in x], WORST, among)
+    return cut
 
 
 def curve(lines: list[dict], name: str, budget: int) -> list[float | None]:
@@ -157,7 +173,7 @@ def _line(data: dict, entry: dict | None) -> dict:
 
 def resolved(data: dict, entry: dict | None) -> dict:
     """The chosen trial's line, with the items of the trial it repeats (cached)."""
-    line = _line(data, entry)
+    line = entry if entry is not None and "status" in entry else _line(data, entry)
     if "cached" in line:
         first = next(x for x in data["lines"] if x["trial"] == line["cached"])
         line = {**line, "heldout_items": first["heldout_items"]}
@@ -172,6 +188,10 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=Path("runs/quickstart_results"))
     ap.add_argument("--out", type=Path, default=Path("results/quickstart.md"))
     ap.add_argument("--skip-crossdomain", action="store_true")
+    ap.add_argument("--long-budget", type=int, default=None,
+                    help="continue the controller runs of the first --long-seeds seeds to this "
+                         "many trials (anytime curves beyond --budget)")
+    ap.add_argument("--long-seeds", type=int, default=1)
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="start no new run after this long (the tables use whole seeds)")
     args = ap.parse_args()
@@ -190,18 +210,23 @@ def main() -> None:
     cross: list[tuple[str, dict, dict]] = []
     if not args.skip_crossdomain:
         cross = crossdomain(zoo, args.budget, args.runs)
+    long_budget = max(args.long_budget or args.budget, args.budget)
     for seed in range(args.seeds):  # seed-major: a study cut short keeps its seeds balanced
         for label, ctl, signal in variants:
             if deadline is not None and time.monotonic() > deadline:
                 break
             name = f"{ctl['kind']}{'-' + ctl['sampler'] if 'sampler' in ctl else ''}" \
                    f"{'-p' if signal == 'p_answer' else ''}-s{seed}"
-            data = run(quickstart(zoo, args.budget, seed, ctl, signal), args.runs, name)
+            budget = long_budget if seed < args.long_seeds and signal == "acc" \
+                else args.budget
+            data = run(quickstart(zoo, budget, seed, ctl, signal), args.runs, name)
             studies.setdefault(label, []).append(data)
-            print(label, seed, f"test worst {data['chosen']['test']['worst']['value']:.3f}",
+            chosen = at(data, args.budget)["chosen"]
+            print(label, seed, f"test worst {chosen['heldout']['worst']:.3f}",
                   f"{data['session']:.0f} s", flush=True)
     seeds = min((len(runs) for runs in studies.values()), default=0)
     studies = {label: runs[:seeds] for label, runs in studies.items()}
+    cuts = {label: [at(r, args.budget) for r in runs] for label, runs in studies.items()}
 
     lines = ["# Quickstart: search against hand-set baselines on the skill zoo", "",
              f"Command: `{command}`", "", *(f"- {x}" for x in machine_info()),
@@ -232,40 +257,53 @@ def main() -> None:
                   f"{base_entry['test']['worst']['value']:.3f} ± "
                   f"{base_entry['test']['worst']['se']:.3f}).", "",
                   f"## Controllers at {args.budget} trials ({seeds} seeds)", "",
+                  "Trials answered from the recipe cache (Optuna's enqueued baselines) count "
+                  "toward the budget but are no evaluation; the evaluations column counts "
+                  "the rest (a trial stopped on the first rung costs a fifth of one).", "",
                   "| controller | test worst skill (mean ± s.e. over seeds) | per seed | vs best "
-                  "baseline, per seed: difference [95% interval] | evaluation s per run |",
-                  "|---|---|---|---|---|"]
-        verdicts: dict[str, list[Any]] = {}
+                  "baseline, per seed: difference [95% interval] | evaluations | evaluation "
+                  "s per run |", "|---|---|---|---|---|---|"]
         for label, runs in studies.items():
-            finals = [r["chosen"]["test"]["worst"]["value"] for r in runs]
-            diffs = []
-            for r in runs:
-                best = resolved(r, r["best_searched"])
-                base = resolved(r, r["best_baseline"])
-                diffs.append(paired(best, base, keys))
-            verdicts[label] = diffs
+            finals = [c["chosen"]["heldout"]["worst"] for c in cuts[label]]
+            diffs = [paired(resolved(r, c["best_searched"]), resolved(r, c["best_baseline"]),
+                            keys) for r, c in zip(runs, cuts[label], strict=True)]
             lines.append(f"| {label} | {mean_se(finals)} | "
                          + ", ".join(f"{v:.3f}" for v in finals) + " | "
                          + "; ".join(interval(d) for d in diffs)
-                         + f" | {statistics.mean(r['wall'] for r in runs):.0f} |")
+                         + f" | {statistics.mean(c['evaluations'] for c in cuts[label]):.0f}"
+                         + f" | {statistics.mean(c['wall'] for c in cuts[label]):.0f} |")
         # anytime curves
-        marks = sorted({m for m in (10, 20, 30, 40, 50, 60, 80, 100, 120, 160, 200)
-                        if m <= args.budget} | {args.budget})
         lines += ["", "Anytime: test worst skill of the validation-chosen best after n trials "
                   "(mean over seeds; the first 7 trials are the baselines). "
-                  "`results/quickstart_curves.png` draws every trial.", "",
-                  "| controller | " + " | ".join(f"n={m}" for m in marks) + " |",
-                  "|---|" + "---|" * len(marks)]
-        curves = {label: [curve(r["lines"], "worst", args.budget) for r in runs]
-                  for label, runs in studies.items()}
-        for label, cs in curves.items():
-            row = []
-            for m in marks:
-                vals = [c[m - 1] for c in cs if c[m - 1] is not None]
-                row.append(f"{statistics.mean(vals):.3f}" if vals else "-")
-            lines.append(f"| {label} | " + " | ".join(row) + " |")
-        _plot(curves, args.budget, args.out.with_name("quickstart_curves.png"),
-              base_entry["test"]["worst"]["value"])
+                  "`results/quickstart_curves.png` draws every trial.", ""]
+        lines += _curve_table({label: [curve(r["lines"], "worst", args.budget) for r in runs]
+                               for label, runs in studies.items()}, args.budget)
+        _plot({label: [curve(r["lines"], "worst", args.budget) for r in runs]
+               for label, runs in studies.items()}, args.budget,
+              args.out.with_name("quickstart_curves.png"), base_entry["test"]["worst"]["value"])
+        long_runs = {label: runs[: args.long_seeds] for label, runs in studies.items()
+                     if "p_answer" not in label}
+        if long_budget > args.budget and args.long_seeds:
+            lines += ["", f"### Longer runs: {long_budget} trials, seed"
+                      f"{'s' if args.long_seeds > 1 else ''} 0"
+                      f"{f'-{args.long_seeds - 1}' if args.long_seeds > 1 else ''} "
+                      f"(the same runs, continued: their first {args.budget} trials are the "
+                      "ones above)", ""]
+            curves = {label: [curve(r["lines"], "worst", long_budget) for r in runs]
+                      for label, runs in long_runs.items()}
+            lines += _curve_table(curves, long_budget)
+            lines += ["", "| controller | evaluations | evaluation s | vs best baseline at "
+                      f"{long_budget} trials, per seed |", "|---|---|---|---|"]
+            for label, runs in long_runs.items():
+                ends = [at(r, long_budget) for r in runs]
+                diffs = [paired(resolved(r, c["best_searched"]),
+                                resolved(r, c["best_baseline"]), keys)
+                         for r, c in zip(runs, ends, strict=True)]
+                lines.append(f"| {label} | {statistics.mean(c['evaluations'] for c in ends):.0f}"
+                             f" | {statistics.mean(c['wall'] for c in ends):.0f} | "
+                             + "; ".join(interval(d) for d in diffs) + " |")
+            _plot(curves, long_budget, args.out.with_name("quickstart_curves_long.png"),
+                  base_entry["test"]["worst"]["value"])
         # the fitness signal, paired by seed on the same test items
         acc, pans = studies["CMA-ES (worst skill)"], studies["CMA-ES on p_answer (worst skill)"]
         lines += ["", "## The fitness signal: CMA-ES on exact match against CMA-ES on the answer "
@@ -273,9 +311,10 @@ def main() -> None:
                   "| seed | exact match → test worst | p_answer → test worst | p_answer − exact "
                   "match, paired [95% interval] |", "|---|---|---|---|"]
         for seed, (a, p) in enumerate(zip(acc, pans, strict=True)):
-            d = paired(resolved(p, p["chosen"]), resolved(a, a["chosen"]), keys)
-            lines.append(f"| {seed} | {a['chosen']['test']['worst']['value']:.3f} | "
-                         f"{p['chosen']['test']['worst']['value']:.3f} | {interval(d)} |")
+            ca, cp = at(a, args.budget)["chosen"], at(p, args.budget)["chosen"]
+            d = paired(resolved(p, cp), resolved(a, ca), keys)
+            lines.append(f"| {seed} | {ca['heldout']['worst']:.3f} | "
+                         f"{cp['heldout']['worst']:.3f} | {interval(d)} |")
     if cross:
         ps_report = cross[0][2]
         base = resolved(ps_report, ps_report["best_baseline"])
@@ -300,6 +339,21 @@ def main() -> None:
     old = args.out.read_text() if args.out.exists() else ""
     reading = old[old.index("## Reading"):] if "## Reading" in old else ""
     args.out.write_text(text + ("\n" + reading if reading else ""))
+
+
+def _curve_table(curves: dict[str, list[list[float | None]]], budget: int) -> list[str]:
+    """Mean anytime value over seeds at a few trial counts, one row per controller."""
+    marks = sorted({m for m in (10, 20, 30, 40, 60, 80, 100, 120, 160, 200, 240, 320)
+                    if m <= budget} | {budget})
+    rows = ["| controller | " + " | ".join(f"n={m}" for m in marks) + " |",
+            "|---|" + "---|" * len(marks)]
+    for label, cs in curves.items():
+        row = []
+        for m in marks:
+            vals = [c[m - 1] for c in cs if c[m - 1] is not None]
+            row.append(f"{statistics.mean(vals):.3f}" if vals else "-")
+        rows.append(f"| {label} | " + " | ".join(row) + " |")
+    return rows
 
 
 def _plot(curves: dict[str, list[list[float | None]]], budget: int, path: Path,
