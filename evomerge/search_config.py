@@ -306,12 +306,13 @@ class MergeTaskSpec(BaseModel):
 
 
 class ExecutorSpec(BaseModel):
-    """Where candidates are evaluated: inline (in this process) or on Ray actors. A run-time
+    """Where candidates are evaluated: inline (in this process), on Ray actors, or on
+    `workers` simulated ones (a discrete-event clock; tasks with a cost model only). A run-time
     choice: resume may change it (it is not part of the config's digest)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["inline", "ray"] = "inline"
+    kind: Literal["inline", "ray", "simulated"] = "inline"
     workers: int = Field(1, ge=1)
     address: str | None = None  # a Ray cluster to join (also RAY_ADDRESS); none: this machine
     cpus_per_worker: float = Field(1.0, gt=0)
@@ -321,6 +322,16 @@ class ExecutorSpec(BaseModel):
     # no Ray node able to take a worker this long (the nodes lost or full): the run stops,
     # resumable, instead of waiting on Ray forever
     placement_timeout_s: float = Field(300.0, gt=0)
+    # simulated only: evaluation times drawn log-normal (this median, this sigma) for a task
+    # without a cost model of its own
+    median_seconds: float | None = Field(None, gt=0)
+    tail: float = Field(1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _simulated_keys(self) -> ExecutorSpec:
+        if self.kind != "simulated" and self.median_seconds is not None:
+            raise ValueError("median_seconds: an option of the simulated executor only")
+        return self
 
 
 class FidelitySpec(BaseModel):
@@ -463,6 +474,7 @@ _LATE_KEYS: list[tuple[tuple[str, ...], Any]] = [
     (("export_best",), False),
     (("rescore_top",), 0),
     (("task", "baselines"), []),
+    (("controller", "asynchronous"), "auto"),
 ]
 # evaluator keys added later, absent from older runs' digests while unset (None or False)
 _LATE_EVALUATOR_KEYS = ("validation_tasks", "validation_fraction", "validation_data",

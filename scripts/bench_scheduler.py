@@ -28,9 +28,10 @@ CONTROLLERS = {
     "m2n2": {"kind": "m2n2", "archive_size": 8},
     "random": {"kind": "random"},
     "optuna (tpe)": {"kind": "optuna", "sampler": "tpe"},
-    "cmaes": {"kind": "cmaes"},
+    "cmaes (asynchronous)": {"kind": "cmaes"},  # the default with more than one worker
+    "cmaes (generational)": {"kind": "cmaes", "asynchronous": False},
 }
-STEADY = {"m2n2", "random", "optuna (tpe)"}
+STEADY = {"m2n2", "random", "optuna (tpe)", "cmaes (asynchronous)"}
 
 
 def utilisation(lines: list[dict], workers: int) -> tuple[float, float]:
@@ -76,7 +77,7 @@ def main() -> None:
                     "executor": {"kind": "ray", "workers": n},
                     "task": {"kind": "synthetic", "dimension": 8,
                              "median_seconds": args.median, "tail": args.tail}}))
-                run_dir = work / f"{n}-{controller['kind']}"
+                run_dir = work / f"{n}-{len(rows)}"
                 t = time.perf_counter()
                 SearchRun.create(cfg, run_dir).run()
                 wall = time.perf_counter() - t
@@ -101,10 +102,13 @@ def main() -> None:
         *[f"| {n} | {name} | {b} | **{s:.1%}** | {w:.1%} | {wall:.1f} s |"
           for n, name, b, s, w, wall in rows], "",
         "Steady-state controllers (M2N2, random, Optuna) give a free worker its next "
-        "candidate as soon as it returns one; CMA-ES waits for its whole generation "
-        "(the slowest evaluation of each generation idles the others), so its figure is the "
-        "price of generations, not of the scheduler. Target: >= 95% in the steady state "
-        "for the steady-state controllers at N = 2 and N = 8: "
+        "candidate as soon as it returns one, and so does asynchronous CMA-ES (the default "
+        "with more than one worker: another sample of the current distribution while a "
+        "generation's slowest members run); generational CMA-ES waits for its whole "
+        "generation (the slowest evaluation of each generation idles the others), so its "
+        "figure is the price of generations, not of the scheduler. Target: >= 95% in the "
+        "steady state for the steady-state controllers and asynchronous CMA-ES at N = 2 "
+        "and N = 8: "
         + ("met." if all(s >= 0.95 for n, name, _, s, _, _ in rows if name in STEADY)
            else "NOT met for every row."),
     ]

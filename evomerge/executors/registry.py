@@ -10,6 +10,7 @@ from typing import Any
 from evomerge.executors.base import Executor
 from evomerge.executors.inline import InlineExecutor
 from evomerge.executors.ray_executor import RayExecutor, RaySettings
+from evomerge.executors.simulated import simulated_executor
 from evomerge.tasks.base import Task
 
 
@@ -22,9 +23,15 @@ def _ray(cfg: Any, task: Task, origin: str) -> Executor:
     return RayExecutor(cfg.model_dump(mode="json"), origin, ray_settings(cfg))
 
 
+def _simulated(cfg: Any, task: Task, origin: str) -> Executor:
+    e = cfg.executor
+    return simulated_executor(task, e.workers, origin, e.median_seconds, e.tail)
+
+
 EXECUTORS: dict[str, Callable[[Any, Task, str], Executor]] = {
     "inline": _inline,
     "ray": _ray,
+    "simulated": _simulated,  # a discrete-event clock: cluster-scale driver measurements
 }
 
 

@@ -67,7 +67,8 @@ def with_executor(cfg: SearchConfig, workers: int | None, address: str | None
     e = cfg.executor.model_copy()
     if workers is not None:
         e.workers = workers
-        e.kind = "ray" if workers > 1 else "inline"
+        if e.kind != "simulated":
+            e.kind = "ray" if workers > 1 else "inline"
     if address is not None:
         e.kind, e.address = "ray", address
     return cfg.model_copy(update={"executor": e})
@@ -270,7 +271,7 @@ class SearchRun:
                 controller = cfg.controller.build(
                     seeded_setup(setup, scored, task.objectives[0]),
                     SearchContext(cfg.budget, cfg.seed, task.objectives, self.origin,
-                                  self.dir))
+                                  self.dir, loop.capacity))
                 if ckpt is not None:
                     try:
                         controller.load_state_dict(ckpt["controller"])

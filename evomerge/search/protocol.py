@@ -118,6 +118,7 @@ class SearchContext:
     objectives: list[tuple[str, str]]
     origin: str = "<config>"  # the config file errors name
     run_dir: Path | None = None  # where a controller keeps files of its own (None: memory)
+    workers: int = 1  # evaluation slots the run fills (asynchronous controllers use it)
 
 
 class ControllerSpec(BaseModel):

@@ -28,6 +28,15 @@ class TaskWorker(ABC):
         return None
 
 
+class SimulatedWorker(TaskWorker):
+    """A worker with a cost model: `evaluate` scores at once, and `seconds` says how long
+    the real evaluation would have taken (the simulated executor's clock advances by it)."""
+
+    @abstractmethod
+    def seconds(self, payload: Any, split: str, fraction: float = 1.0) -> float:
+        """The evaluation time this job would take on a real worker."""
+
+
 @dataclass
 class Baseline:
     """A hand-set candidate scored before the search (docs/design.md §7.5): `payload` is what
@@ -48,6 +57,11 @@ class Task(ABC):
     reference_point: dict[str, float]
     # whether its workers score a validation split (then the best trial is chosen on it)
     has_validation: bool = False
+
+    def simulated_worker(self) -> SimulatedWorker:
+        """A worker that does not spend the evaluation time but reports it (for the
+        simulated executor); tasks without a cost model have none."""
+        raise NotImplementedError(f"{type(self).__name__} has no cost model to simulate")
 
     def baselines(self) -> list[Baseline]:
         """Hand-set candidates scored before the search, in order (none by default)."""

@@ -13,26 +13,36 @@ from typing import Any
 import numpy as np
 
 from evomerge.search.protocol import ControllerSetup
-from evomerge.tasks.base import Task, TaskWorker
+from evomerge.tasks.base import SimulatedWorker, Task, TaskWorker
 
 
-class SyntheticWorker(TaskWorker):
-    """Sleeps the genome's drawn time, then scores it against a fixed target."""
+class SyntheticWorker(SimulatedWorker):
+    """Sleeps the genome's drawn time (or, simulated, only reports it), then scores it
+    against a fixed target."""
 
-    def __init__(self, spec: Any):
+    def __init__(self, spec: Any, sleep: bool = True):
         self.spec = spec
+        self.sleep = sleep
         self.target = np.linspace(0.2, 0.8, spec.dimension)
 
-    def seconds(self, genome: np.ndarray) -> float:
-        """The evaluation time drawn from the genome (the same on every replay)."""
+    def drawn_seconds(self, genome: np.ndarray) -> float:
+        """The full evaluation time drawn from the genome (the same on every replay)."""
         digest = hashlib.blake2b(np.ascontiguousarray(genome).tobytes(), digest_size=8)
         rng = np.random.default_rng(int.from_bytes(digest.digest(), "little"))
         return float(self.spec.median_seconds * np.exp(self.spec.tail * rng.standard_normal()))
 
+    def _genes(self, fraction: float) -> int:
+        return max(1, int(np.ceil(fraction * self.spec.dimension)))
+
+    def seconds(self, payload: Any, split: str, fraction: float = 1.0) -> float:
+        """A fraction of the genes takes that fraction of the time."""
+        return self.drawn_seconds(payload) * self._genes(fraction) / self.spec.dimension
+
     def evaluate(self, payload: Any, split: str, fraction: float = 1.0):
-        """A fraction of the genes scores at that fraction of the time."""
-        k = max(1, int(np.ceil(fraction * self.spec.dimension)))
-        time.sleep(self.seconds(payload) * k / self.spec.dimension)
+        """The score on the leading genes (after the drawn time, unless simulated)."""
+        if self.sleep:
+            time.sleep(self.seconds(payload, split, fraction))
+        k = self._genes(fraction)
         per_gene = np.clip(1.0 - 4.0 * (np.asarray(payload) - self.target) ** 2, 0.0, 1.0)[:k]
         return {"score": float(per_gene.mean())}, per_gene, {}
 
@@ -65,3 +75,7 @@ class SyntheticTask(Task):
     def worker(self) -> TaskWorker:
         """A new synthetic worker per call; it holds only the spec and its target."""
         return SyntheticWorker(self.spec)
+
+    def simulated_worker(self) -> SimulatedWorker:
+        """The same worker without the sleep: the simulated executor keeps the time."""
+        return SyntheticWorker(self.spec, sleep=False)
