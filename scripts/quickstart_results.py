@@ -192,6 +192,9 @@ def main() -> None:
                     help="continue the controller runs of the first --long-seeds seeds to this "
                          "many trials (anytime curves beyond --budget)")
     ap.add_argument("--long-seeds", type=int, default=1)
+    ap.add_argument("--long-controllers", nargs="+", default=["optuna", "m2n2", "cmaes",
+                                                              "random"],
+                    help="which controllers (kinds) --long-budget continues")
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="start no new run after this long (the tables use whole seeds)")
     args = ap.parse_args()
@@ -217,8 +220,9 @@ def main() -> None:
                 break
             name = f"{ctl['kind']}{'-' + ctl['sampler'] if 'sampler' in ctl else ''}" \
                    f"{'-p' if signal == 'p_answer' else ''}-s{seed}"
-            budget = long_budget if seed < args.long_seeds and signal == "acc" \
-                else args.budget
+            longer = seed < args.long_seeds and signal == "acc" \
+                and ctl["kind"] in args.long_controllers
+            budget = long_budget if longer else args.budget
             data = run(quickstart(zoo, budget, seed, ctl, signal), args.runs, name)
             studies.setdefault(label, []).append(data)
             chosen = at(data, args.budget)["chosen"]
@@ -256,7 +260,8 @@ def main() -> None:
         lines += ["", f"Best baseline on validation: {base_entry['baseline']} (test worst "
                   f"{base_entry['test']['worst']['value']:.3f} ± "
                   f"{base_entry['test']['worst']['se']:.3f}).", "",
-                  f"## Controllers at {args.budget} trials ({seeds} seeds)", "",
+                  f"## Controllers at {args.budget} trials ({seeds} seed"
+                  f"{'s' if seeds > 1 else ''})", "",
                   "Trials answered from the recipe cache (Optuna's enqueued baselines) count "
                   "toward the budget but are no evaluation; the evaluations column counts "
                   "the rest (a trial stopped on the first rung costs a fifth of one).", "",
@@ -282,7 +287,8 @@ def main() -> None:
                for label, runs in studies.items()}, args.budget,
               args.out.with_name("quickstart_curves.png"), base_entry["test"]["worst"]["value"])
         long_runs = {label: runs[: args.long_seeds] for label, runs in studies.items()
-                     if "p_answer" not in label}
+                     if "p_answer" not in label
+                     and CONTROLLERS[label]["kind"] in args.long_controllers}
         if long_budget > args.budget and args.long_seeds:
             lines += ["", f"### Longer runs: {long_budget} trials, seed"
                       f"{'s' if args.long_seeds > 1 else ''} 0"
