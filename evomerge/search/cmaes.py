@@ -244,7 +244,7 @@ class CMAES(Controller):
             self.es.tell([self._solutions[i] for i in slots], [-self._told[i] for i in slots])
         # pycma keeps every asked sample it was not told about (up to ~1000: 150 MB at 19k
         # genes, in every checkpoint); the carried ones' genotypes are in `carry`
-        self.es.sent_solutions.truncate_to(0)
+        self.es.sent_solutions.clear()
         self.spent[self.regime] += lam
         self._solutions, self._generation, self._told, self._carried = [], [], {}, {}
         self._carry = carry
