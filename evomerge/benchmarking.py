@@ -187,3 +187,18 @@ def score_recipes(zoo: Path, recipes: list[tuple[str, dict | Path]], tasks: list
             out.append((name, {t.rsplit("_", 1)[0]: m[f"{t}/acc"] for t in tasks}))
             print(f"scored {name}: {out[-1][1]}", flush=True)
     return out
+
+
+def worker_utilisation(lines: list[dict], workers: int) -> tuple[float, float]:
+    """Busy time / (workers x span) from a trial log's `started` and `seconds`: over the
+    steady state (first start to last start: after that no candidate is left to give an
+    idle worker) and over the whole run (the drain included)."""
+    t0, t_last = min(x["started"] for x in lines), max(x["started"] for x in lines)
+    t_end = max(x["started"] + x["seconds"] for x in lines)
+
+    def busy(until: float) -> float:
+        return sum(max(0.0, min(x["started"] + x["seconds"], until) - x["started"])
+                   for x in lines)
+
+    return busy(t_last) / (workers * (t_last - t0)), busy(t_end) / (workers * (t_end - t0))
+

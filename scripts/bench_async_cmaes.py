@@ -28,14 +28,6 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-
-def utilisation(lines: list[dict], workers: int) -> float:
-    """Busy time / (N x span) from the first start to the last start (bench_scheduler's)."""
-    t0, t1 = min(x["started"] for x in lines), max(x["started"] for x in lines)
-    busy = sum(max(0.0, min(x["started"] + x["seconds"], t1) - x["started"]) for x in lines)
-    return busy / (workers * (t1 - t0))
-
-
 TASKS = {
     "synthetic": ({"controller": {"kind": "cmaes"}}, "score"),
     "digits": ({"controller": {"kind": "cmaes", "separable": True, "sigma0": 0.01,
@@ -47,6 +39,7 @@ TASKS = {
 
 def one(work: Path, args: argparse.Namespace, workers: int, seed: int, asynchronous: bool
         ) -> dict[str, float]:
+    from evomerge.benchmarking import worker_utilisation
     from evomerge.run.search_run import SearchRun
 
     name = f"{workers}-{seed}-{'async' if asynchronous else 'gen'}"
@@ -66,7 +59,7 @@ def one(work: Path, args: argparse.Namespace, workers: int, seed: int, asynchron
     SearchRun.create(cfg, work / name).run()
     lines = [json.loads(x) for x in (work / name / "trials.jsonl").read_text().splitlines()]
     best = max(x["objectives"][objective] for x in lines if x["status"] == "ok")
-    return {"regret": max(1.0 - best, 1e-12), "util": utilisation(lines, workers),
+    return {"regret": max(1.0 - best, 1e-12), "util": worker_utilisation(lines, workers)[0],
             "span": max(x["started"] + x["seconds"] for x in lines)}
 
 

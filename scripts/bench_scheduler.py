@@ -34,18 +34,6 @@ CONTROLLERS = {
 STEADY = {"m2n2", "random", "optuna (tpe)", "cmaes (asynchronous)"}
 
 
-def utilisation(lines: list[dict], workers: int) -> tuple[float, float]:
-    starts = [x["started"] for x in lines]
-    t0, t_last = min(starts), max(starts)
-    t_end = max(x["started"] + x["seconds"] for x in lines)
-
-    def busy(until: float) -> float:
-        return sum(max(0.0, min(x["started"] + x["seconds"], until) - x["started"])
-                   for x in lines)
-
-    return busy(t_last) / (workers * (t_last - t0)), busy(t_end) / (workers * (t_end - t0))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, nargs="+", default=[2, 8])
@@ -58,7 +46,7 @@ def main() -> None:
 
     import yaml
 
-    from evomerge.benchmarking import machine_info
+    from evomerge.benchmarking import machine_info, worker_utilisation
     from evomerge.run.search_run import SearchRun
 
     info = machine_info()
@@ -83,7 +71,7 @@ def main() -> None:
                 wall = time.perf_counter() - t
                 lines = [json.loads(x) for x in (run_dir / "trials.jsonl").read_text()
                          .splitlines()]
-                steady, whole = utilisation(lines, n)
+                steady, whole = worker_utilisation(lines, n)
                 rows.append((n, name, budget, steady, whole, wall))
                 print(f"N={n} {name}: {budget} trials, utilisation steady {steady:.1%}, "
                       f"whole run {whole:.1%} ({wall:.1f} s with start-up)", flush=True)

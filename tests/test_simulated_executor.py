@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
+from evomerge.benchmarking import worker_utilisation
 from evomerge.executors.base import Job
 from evomerge.executors.simulated import SimulatedExecutor
 from evomerge.run.search_run import SearchRun
@@ -64,13 +65,6 @@ def lines_of(run):
     return [json.loads(x) for x in (run / "trials.jsonl").read_text().splitlines()]
 
 
-def utilisation(lines, workers):
-    """Busy time over the steady state (first start to last start), as bench_scheduler."""
-    t0, t1 = min(x["started"] for x in lines), max(x["started"] for x in lines)
-    busy = sum(max(0.0, min(x["started"] + x["seconds"], t1) - x["started"]) for x in lines)
-    return busy / (workers * (t1 - t0))
-
-
 @pytest.mark.parametrize("controller", [{"kind": "cmaes"}, {"kind": "random"},
                                         {"kind": "m2n2", "archive_size": 6}])
 def test_a_run_on_simulated_workers_keeps_them_busy(tmp_path, controller):
@@ -80,13 +74,13 @@ def test_a_run_on_simulated_workers_keeps_them_busy(tmp_path, controller):
     assert len(lines) == 120 and {x["worker"] for x in lines} == set(range(8))
     # heavy-tailed times (median 1 s) and no sleeping: the virtual span is long
     assert max(x["started"] + x["seconds"] for x in lines) > 10
-    assert utilisation(lines, 8) > 0.9  # asynchronous CMA-ES too (the default with 8)
+    assert worker_utilisation(lines, 8)[0] > 0.9  # asynchronous CMA-ES too (the default with 8)
 
 
 def test_generational_cmaes_idles_simulated_workers(tmp_path):
     cfg = write(tmp_path / "c.yaml", synthetic({"kind": "cmaes", "asynchronous": False}, 8))
     SearchRun.create(cfg, tmp_path / "r").run()
-    assert utilisation(lines_of(tmp_path / "r"), 8) < 0.6
+    assert worker_utilisation(lines_of(tmp_path / "r"), 8)[0] < 0.6
 
 
 def test_the_same_config_gives_the_same_log(tmp_path):

@@ -12,7 +12,6 @@ on every machine: equal finishing times go in submission order."""
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import math
 from collections import deque
@@ -23,6 +22,7 @@ import numpy as np
 from evomerge.errors import ConfigError
 from evomerge.executors.base import Executor, Job, Outcome, WorkerError, evaluate_job
 from evomerge.tasks.base import SimulatedWorker, TaskWorker
+from evomerge.tasks.synthetic import lognormal_seconds
 
 
 class DrawnSeconds(SimulatedWorker):
@@ -37,9 +37,7 @@ class DrawnSeconds(SimulatedWorker):
         """Log-normal around the median, scaled by the fraction of the split scored."""
         raw = np.ascontiguousarray(payload).tobytes() if isinstance(payload, np.ndarray) \
             else repr(payload).encode()
-        digest = hashlib.blake2b(raw + split.encode(), digest_size=8).digest()
-        rng = np.random.default_rng(int.from_bytes(digest, "little"))
-        return float(self.median * np.exp(self.tail * rng.standard_normal()) * fraction)
+        return lognormal_seconds(raw + split.encode(), self.median, self.tail) * fraction
 
     def evaluate(self, payload: Any, split: str, fraction: float = 1.0):
         """The task's own evaluation."""

@@ -16,6 +16,14 @@ from evomerge.search.protocol import ControllerSetup
 from evomerge.tasks.base import SimulatedWorker, Task, TaskWorker
 
 
+def lognormal_seconds(key: bytes, median: float, tail: float) -> float:
+    """A log-normal time (this median, sigma `tail`) drawn from a hash of `key`: the same
+    key always takes the same time, so a replay takes what the run took."""
+    digest = hashlib.blake2b(key, digest_size=8).digest()
+    rng = np.random.default_rng(int.from_bytes(digest, "little"))
+    return float(median * np.exp(tail * rng.standard_normal()))
+
+
 class SyntheticWorker(SimulatedWorker):
     """Sleeps the genome's drawn time (or, simulated, only reports it), then scores it
     against a fixed target."""
@@ -27,9 +35,8 @@ class SyntheticWorker(SimulatedWorker):
 
     def drawn_seconds(self, genome: np.ndarray) -> float:
         """The full evaluation time drawn from the genome (the same on every replay)."""
-        digest = hashlib.blake2b(np.ascontiguousarray(genome).tobytes(), digest_size=8)
-        rng = np.random.default_rng(int.from_bytes(digest.digest(), "little"))
-        return float(self.spec.median_seconds * np.exp(self.spec.tail * rng.standard_normal()))
+        return lognormal_seconds(np.ascontiguousarray(genome).tobytes(),
+                                 self.spec.median_seconds, self.spec.tail)
 
     def _genes(self, fraction: float) -> int:
         return max(1, int(np.ceil(fraction * self.spec.dimension)))
