@@ -4,6 +4,7 @@ order is exact, it never sleeps, its log reads like a Ray run's, and runs on it 
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -54,8 +55,8 @@ def write(path, data):
     return path
 
 
-def synthetic(controller, workers, budget=120, **task):
-    return {"budget": budget, "seed": 1, "checkpoint_every": 5, "controller": controller,
+def synthetic(controller, workers, budget=120, every=5, **task):
+    return {"budget": budget, "seed": 1, "checkpoint_every": every, "controller": controller,
             "executor": {"kind": "simulated", "workers": workers},
             "task": {"kind": "synthetic", "dimension": 6, "median_seconds": 1.0, "tail": 1.0,
                      **task}}
@@ -101,6 +102,51 @@ def test_a_stopped_asynchronous_run_resumes_on_simulated_workers(tmp_path):
     lines = lines_of(run)
     assert [x["trial"] for x in lines] == list(range(60))
     assert len({x["id"] for x in lines}) == 60
+
+
+def controller_state(run):
+    ckpt = pickle.loads((run / "checkpoint.pkl").read_bytes())
+    out = sorted((c.id, c.genome.tobytes()) for c in ckpt["outstanding"])
+    return ckpt["trials"], ckpt["controller"], out
+
+
+@pytest.mark.parametrize("controller", [{"kind": "cmaes"}, {"kind": "m2n2", "archive_size": 6},
+                                        {"kind": "optuna"}])
+def test_resume_tells_the_logged_trials_in_the_order_they_finished(tmp_path, controller):
+    """Several workers finish out of the order they were asked in; a run killed between
+    checkpoints replays its logged trials in finishing order, so the controller ends the
+    replay in the state the live run had at that trial, candidates out included."""
+    live = tmp_path / "live"  # a checkpoint after every trial: its state at trial 60
+    SearchRun.create(write(tmp_path / "a.yaml", synthetic(controller, 4, every=1)), live
+                     ).run(stop_after=60)
+    run = tmp_path / "r"  # checkpoints at 25 and 50; trials 50-59 only in the log
+    SearchRun.create(write(tmp_path / "b.yaml", synthetic(controller, 4, every=25)), run
+                     ).run(stop_after=60)
+    lines = lines_of(run)
+    assert [x["id"] for x in lines] == [x["id"] for x in lines_of(live)]
+    assert [x["id"] for x in lines[50:]] != sorted(x["id"] for x in lines[50:])
+    assert controller_state(run)[0] == 50
+    SearchRun.open(run).run(stop_after=1)  # the replay ends in a checkpoint at trial 60
+    (trials, state, out), (_, live_state, live_out) = controller_state(run), \
+        controller_state(live)
+    assert trials == 60 and out == live_out
+    if controller["kind"] == "optuna":  # the study is its journal, cut to the same length
+        assert state["journal_bytes"] == live_state["journal_bytes"]
+    else:
+        assert state_fingerprint(state) == state_fingerprint(live_state)
+
+
+def state_fingerprint(state):
+    """What decides the next proposals, each part pickled (pycma's own pickle also holds
+    timers)."""
+    if "genomes" in state:  # m2n2
+        parts = state["scores"], state["genomes"], state["rng"]
+    else:
+        inner = pickle.loads(state["blob"])
+        es = inner["es"]
+        parts = (inner["next_id"], es.mean, es.sigma, es.sm.variances, inner["_np_state"],
+                 inner.get("generation"))
+    return [pickle.dumps(x) for x in parts]
 
 
 def test_any_task_runs_with_drawn_times(tmp_path):

@@ -32,6 +32,11 @@ from evomerge.search.protocol import Candidate, Controller, Result
 from evomerge.search_config import SearchConfig
 from evomerge.tasks.base import Baseline, Task
 
+# the trial log is flushed to the OS with every line (a killed process loses no finished
+# trial) and fsynced at checkpoints and at least this often (a crashed machine loses at most
+# this many seconds of trials), not once per trial: an fsync costs milliseconds
+LOG_SYNC_SECONDS = 10.0
+
 # a run whose first trials all fail stops there: a broken evaluator would otherwise spend the
 # whole budget (hours of a large model) on errors
 ALL_FAILED_STOP = 10
@@ -67,11 +72,12 @@ class SchedulingLoop:
     answers replayed trials from the log and repeated recipes from the cache, and finishes
     each trial (held-out score for front entrants, log line, tell, checkpoint) as it returns.
 
-    With one worker this is the serial loop (deterministic; a checkpoint every
-    `checkpoint_every` trials when nothing is outstanding, resume replays the log). With
-    several, a steady-state controller is checkpointed after every trial together with the
-    candidates still out, which resume re-issues; CMA-ES checkpoints between generations and
-    resume asks the generation again."""
+    A checkpoint is taken every `checkpoint_every` trials (docs/design.md §7.2): with one
+    worker when nothing is outstanding; with several and a steady-state controller together
+    with the candidates still out, which resume re-issues; generational CMA-ES between
+    generations, and resume asks the generation again. Resume replays the trials logged
+    after the checkpoint in their logged order (`_next_ready`), so the controller is told
+    exactly what it was told live, whatever order the workers finished in."""
 
     def __init__(self, cfg: SearchConfig, task: Task, controller: Controller | None,
                  executor: Executor | None, archive: ParetoArchive,
@@ -97,6 +103,8 @@ class SchedulingLoop:
         self.capacity = executor.capacity if executor is not None else 1
         self.outstanding: dict[int, Candidate] = {}  # asked, not finished
         self.queue: list[Job] = []  # decoded, waiting for a worker
+        # finished, not yet logged and told: answered from the log or the cache, or (while
+        # replaying) evaluated afresh and held until every logged trial is told
         self.ready: list[tuple[Candidate, Result, dict[str, Any] | None]] = []
         self.fields: dict[int, dict[str, Any]] = {}
         self.payloads: dict[int, Any] = {}
@@ -105,6 +113,8 @@ class SchedulingLoop:
         self.lower_rungs: dict[int, dict[str, dict[str, float]]] = {}  # per candidate
         self.rung_seconds: dict[int, float] = {}
         self.last_checkpoint = state.trials
+        self.replay_done = False  # the last replayed trial was told: checkpoint at once
+        self.last_sync = time.monotonic()
         self.ok_seen = False  # any successful trial in the run (logged ones included)
         self.errors: Counter[str] = Counter()  # failed trials' errors, for the all-failed rule
         # re-scored splits: validation (choosing the best) when the task has one, and the test
@@ -152,20 +162,21 @@ class SchedulingLoop:
         while state.trials < budget:
             if stop_after is not None and self.done_here >= stop_after:
                 break
-            stopping = deadline is not None and time.monotonic() > deadline and not self.replay
+            stopping = deadline is not None and time.monotonic() > deadline \
+                and not self.replaying()
             if stopping and not self.outstanding:
                 break
             if not stopping:
                 self._fill()
             self._submit()
-            if self.ready:
-                cand, res, fields = self.ready.pop(0)
-                self._finish(cand, res, fields)
+            item = self._next_ready()
+            if item is not None:
+                self._finish(*item)
                 continue
             if self.executor is None or not self.executor.running():
                 if self.queue and self.executor is not None:
                     self.executor.wait()  # jobs but no worker to take them: it says why
-                if self.replay:
+                if self.replaying():
                     raise RunError(
                         f"{self.log_name}: the controller no longer proposes the "
                         f"logged trials (next logged id {min(self.replay)}, outstanding "
@@ -205,6 +216,29 @@ class SchedulingLoop:
                 self.executor.wait()  # jobs but no worker to take them: it says why
             job, out = self.executor.wait()
             self._returned(job, out)
+
+    def replaying(self) -> bool:
+        """Logged trials past the checkpoint remain to be asked or told again."""
+        return bool(self.replay or self.replayed_lines)
+
+    def _next_ready(self) -> tuple[Candidate, Result, dict[str, Any] | None] | None:
+        """The finished trial to log and tell next: the first ready one, or, while replaying,
+        the one logged next (trial numbers are the live run's finishing order), with fresh
+        results held back: the live run told none of them before its logged trials."""
+        if not self.replaying():
+            return self.ready.pop(0) if self.ready else None
+        for i, (cand, _, fields) in enumerate(self.ready):
+            line = self.replayed_lines.get(cand.id) if fields is None else None
+            if line is not None and line["trial"] == self.state.trials:
+                return self.ready.pop(i)
+        return None
+
+    def _done(self, cand: Candidate, res: Result, fields: dict[str, Any]) -> None:
+        """An evaluation finished: finish the trial now, or hold it while replaying."""
+        if self.replaying():
+            self.ready.append((cand, res, fields))
+        else:
+            self._finish(cand, res, fields)
 
     def _fill(self) -> None:
         """Ask while a worker would be idle (and never past the budget)."""
@@ -283,7 +317,7 @@ class SchedulingLoop:
                     fields["heldout_items"] = {"parts": parts, **encode_scores(out.scores)}
             if not waiting:
                 del self.scored[cand.id]
-                self._finish(cand, res, fields)
+                self._done(cand, res, fields)
             return
         res = self._result(cand, out)
         res.seconds += self.rung_seconds.pop(cand.id, 0.0)
@@ -304,7 +338,7 @@ class SchedulingLoop:
             fields["fidelity"] = job.fraction
             fields["rungs"] = self.lower_rungs.pop(cand.id, {})
         if res.fidelity < 1:
-            self._finish(cand, res, fields)
+            self._done(cand, res, fields)
             return
         if res.status == "ok" and self._rescored(cand, res):
             # scored on the validation split (which chooses the best) and the test split
@@ -313,7 +347,7 @@ class SchedulingLoop:
             for split in reversed(self.rescore_splits):
                 self.queue.insert(0, Job(cand.id, self.payloads[cand.id], split))
             return
-        self._finish(cand, res, fields)
+        self._done(cand, res, fields)
 
     def _rescored(self, cand: Candidate, res: Result) -> bool:
         """Baselines, Pareto-front entrants and the best `rescore_top` so far by the first
@@ -341,6 +375,8 @@ class SchedulingLoop:
         # a replayed trial keeps its logged number (with several workers trials finish out of
         # the order they are asked, which is the order they replay in)
         replayed = self.replayed_lines.pop(cand.id) if fields is None else None
+        if replayed is not None and not self.replaying():
+            self.replay_done = True
         number = replayed["trial"] if replayed is not None else state.trials
         if replayed is not None and self.rungs.multi:  # its rungs count as they did
             self.note_rungs(replayed)
@@ -351,6 +387,8 @@ class SchedulingLoop:
             t1 = time.perf_counter()
             line = trial_line(state.trials, cand, res, fields)
             self.log.write(json.dumps(line) + "\n")
+            if t1 - self.last_sync >= LOG_SYNC_SECONDS:
+                self._sync_log()
             state.timing.logging += time.perf_counter() - t1
             self.done_here += 1
             key = fields.get("cache_key")
@@ -406,23 +444,31 @@ class SchedulingLoop:
                 f"broken; the commonest error ({count} of {trials}): {error}\n"
                 f"fix it, then continue with: {more}")
 
-    def _maybe_checkpoint(self) -> None:
-        state = self.state
-        assert self.controller is not None
-        every_trial = self.capacity > 1 and self.controller.outstanding_resumes
-        if (self.outstanding or not self.controller.at_boundary()) and not every_trial:
-            return  # CMA-ES mid-generation (or a serial run between asks): not a boundary
-        if not (every_trial or state.trials - self.last_checkpoint >= self.cfg.checkpoint_every
-                or state.trials >= self.cfg.budget):
-            return
+    def _sync_log(self) -> None:
         assert self.log is not None
         self.log.flush()
         os.fsync(self.log.fileno())
+        self.last_sync = time.monotonic()
+
+    def _maybe_checkpoint(self) -> None:
+        """At multiples of `checkpoint_every` trials, once a resume's replay is done (not to
+        replay it again) and at the budget: with one worker (or generational CMA-ES) only at
+        a boundary with nothing out; with several workers and a steady-state controller at
+        any moment, the candidates out recorded for resume to re-issue."""
+        state = self.state
+        assert self.controller is not None
+        if self.replaying():
+            return  # the checkpoint this run resumed from still holds; replay is cheap
+        steady = self.capacity > 1 and self.controller.outstanding_resumes
+        if (self.outstanding or not self.controller.at_boundary()) and not steady:
+            return  # CMA-ES mid-generation (or a serial run between asks): not a boundary
+        every = self.cfg.checkpoint_every  # at its multiples, wherever a session started
+        if not (state.trials // every > self.last_checkpoint // every or self.replay_done
+                or state.trials >= self.cfg.budget):
+            return
+        self._sync_log()
         out = list(self.outstanding.values()) if self.controller.outstanding_resumes else []
-        # the capacity the trials since the last checkpoint were asked under
-        capacity = self.replay_capacity if self.replay else self.capacity
-        self.checkpoint(out, capacity)
-        self.last_checkpoint = state.trials
+        self.checkpoint(out, self.capacity)  # the capacity the asks from here are made under
+        self.last_checkpoint, self.replay_done = state.trials, False
 
-
-__all__ = ["ALL_FAILED_STOP", "RunState", "SchedulingLoop", "Timing"]
+__all__ = ["ALL_FAILED_STOP", "LOG_SYNC_SECONDS", "RunState", "SchedulingLoop", "Timing"]
