@@ -475,6 +475,7 @@ _LATE_KEYS: list[tuple[tuple[str, ...], Any]] = [
     (("rescore_top",), 0),
     (("task", "baselines"), []),
     (("controller", "asynchronous"), "auto"),
+    (("controller", "allow_large_budget"), False),
 ]
 # evaluator keys added later, absent from older runs' digests while unset (None or False)
 _LATE_EVALUATOR_KEYS = ("validation_tasks", "validation_fraction", "validation_data",

@@ -229,3 +229,26 @@ def test_without_a_run_directory_the_state_is_the_journal_text():
     clone.load_state_dict(state)
     assert np.array_equal(c.ask()[0].genome, clone.ask()[0].genome)
     assert clone.best_f == c.best_f
+
+
+def test_nsga2_told_its_box_proposes_what_optunas_own_nsga2_does(monkeypatch):
+    """`_BoxNSGAII` skips Optuna's inference of the search space from every trial (3/4 of an
+    ask at 2,000 trials) and must not change a single proposal: failed trials included, and
+    more than ten genes, so that the order of names (x10 before x2) matters."""
+    import optuna
+
+    import evomerge.search.optuna_search as module
+
+    def proposals() -> np.ndarray:
+        c = OptunaSearch(np.zeros(12), np.ones(12), [("f", "maximize"), ("g", "minimize")],
+                         "nsga2", seed=0)
+        out = []
+        for _ in range(200):  # 4 generations of NSGA-II's default 50
+            cand = c.ask()[0]
+            _answer(c, cand)
+            out.append(cand.genome)
+        return np.array(out)
+
+    boxed = proposals()
+    monkeypatch.setitem(module.SAMPLERS, "nsga2", optuna.samplers.NSGAIISampler)
+    assert np.array_equal(boxed, proposals())

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from evomerge.cli import app
 from evomerge.progress import Progress
 from evomerge.run.search_run import SearchRun
-from evomerge.search_config import ConfigError
+from evomerge.search_config import ConfigError, load_config
 
 from .conftest import write_yaml
 
@@ -90,6 +90,45 @@ def test_optuna_at_high_dimension_is_refused_before_anything_is_written(tmp_path
     with caplog.at_level("WARNING"):
         load_config(cfg).controller.check_dimension(DIGITS_GENES, str(cfg))
     assert "Optuna on 19210 genes; the study's journal grows by ~6.0 MiB per trial" in caplog.text
+
+
+def synthetic_optuna(tmp_path: Path, budget: int, **controller) -> Path:
+    return write_yaml(tmp_path / f"optuna-{budget}.yaml", {
+        "name": "t", "seed": 0, "budget": budget,
+        "controller": {"kind": "optuna", **controller},
+        "executor": {"kind": "simulated", "workers": 64},
+        "task": {"kind": "synthetic", "dimension": 16, "median_seconds": 60.0}})
+
+
+def test_an_optuna_budget_that_would_take_the_driver_hours_is_refused(tmp_path):
+    """Each ask models every trial so far (results/bench_driver.md): 100,000 TPE trials
+    would keep the driver busy for days while a cluster waits."""
+    res = cli("search", synthetic_optuna(tmp_path, 100_000), "--run-dir", tmp_path / "run")
+    assert res.exit_code == 2, res.output
+    assert "budget: Optuna's tpe sampler models every trial" in res.output
+    assert "100,000 trials of 16 genes" in res.output and "allow_large_budget" in res.output
+    assert not (tmp_path / "run").exists()
+    # a resume that raises the budget that far is refused the same way, the run untouched
+    small = synthetic_optuna(tmp_path, 30)
+    assert cli("search", small, "--run-dir", tmp_path / "r").exit_code == 0
+    before = (tmp_path / "r" / "trials.jsonl").read_bytes()
+    res = cli("resume", tmp_path / "r", "--budget", "100000")
+    assert res.exit_code == 2 and "allow_large_budget" in res.output
+    assert (tmp_path / "r" / "trials.jsonl").read_bytes() == before
+    assert "budget: 30" in (tmp_path / "r" / "config.yaml").read_text()
+    # an hour's estimate is the line; NSGA-II is cheaper per trial than TPE
+    from evomerge.search.optuna_search import optuna_driver_seconds
+
+    spec = load_config(synthetic_optuna(tmp_path, 10_000)).controller
+    spec.check_budget(16, 10_000, "c.yaml")  # TPE, 10k trials of 16 genes: ~40 min
+    assert optuna_driver_seconds("tpe", 16, 10_000)[1] < 3600
+    with pytest.raises(ConfigError, match="allow_large_budget"):
+        spec.check_budget(16, 20_000, "c.yaml")
+    spec = load_config(synthetic_optuna(tmp_path, 20_000, sampler="nsga2")).controller
+    spec.check_budget(16, 20_000, "c.yaml")
+    spec = load_config(synthetic_optuna(tmp_path, 100_000, allow_large_budget=True)
+                       ).controller
+    spec.check_budget(16, 100_000, "c.yaml")  # asked for: allowed
 
 
 def test_full_covariance_cmaes_is_refused_when_it_cannot_fit(tmp_path, monkeypatch):

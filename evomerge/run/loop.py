@@ -253,7 +253,10 @@ class SchedulingLoop:
             self.state.timing.controller += time.perf_counter() - t0
             if not cands:
                 return
-            if self.replay and not any(c.id in self.replay for c in cands):
+            # serially every ask before the log's end was logged; with several workers an
+            # ask may be one that was in flight when the run stopped (evaluated again)
+            if self.replay and self.replay_capacity == 1 and \
+                    not any(c.id in self.replay for c in cands):
                 raise RunError(
                     f"{self.log_name}: the controller no longer proposes the logged "
                     f"trials (next logged id {min(self.replay)}, asked "

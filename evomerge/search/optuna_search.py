@@ -48,9 +48,26 @@ from evomerge.search.protocol import (
 
 log = logging.getLogger(__name__)
 
+
+
+class _BoxNSGAII(optuna.samplers.NSGAIISampler):
+    """NSGA-II told its search space, the run's fixed box, instead of inferring it as the
+    intersection of every completed trial's distributions: a fresh sampler per ask (see the
+    module docstring) cannot reuse that inference's cache, so it cost 3/4 of each ask at
+    2,000 trials. The same space the inference gives once a trial is complete (sorted by
+    name, single-valued ones left to independent sampling); before that NSGA-II samples
+    every parameter independently either way."""
+
+    box: dict[str, optuna.distributions.BaseDistribution] = {}
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: optuna.trial.FrozenTrial
+                                    ) -> dict[str, optuna.distributions.BaseDistribution]:
+        return self.box
+
+
 Sampler = Literal["tpe", "nsga2", "gp"]
 SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
-    "tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler,
+    "tpe": optuna.samplers.TPESampler, "nsga2": _BoxNSGAII,
     "gp": optuna.samplers.GPSampler}
 JOURNAL = "optuna_journal.log"  # the file in the run directory
 STUDY = "evomerge"  # the study's name in the journal
@@ -197,7 +214,10 @@ class OptunaSearch(Controller):
         seed = int(np.random.SeedSequence([self.seed, trials]).generate_state(1)[0])
         with warnings.catch_warnings():  # GPSampler is experimental in optuna 4.0
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return SAMPLERS[self.sampler](seed=seed)
+            sampler = SAMPLERS[self.sampler](seed=seed)
+        if isinstance(sampler, _BoxNSGAII):
+            sampler.box = {k: d for k, d in sorted(self.dists.items()) if not d.single()}
+        return sampler
 
     # --- ask / tell --------------------------------------------------------------------
     def ask(self) -> list[Candidate]:
@@ -261,15 +281,31 @@ class OptunaSearch(Controller):
 # what Optuna's journal adds per gene of every trial, measured at 8-500 genes: 300-350 B
 OPTUNA_JOURNAL_BYTES_PER_GENE = 330
 
+# Each ask of Optuna's samplers reads and models every trial in the study, so one ask costs
+# about COST * genes * trials**POWER seconds of driver CPU and a run of n trials the integral
+# of that. Fitted on this project's 2-core machine (results/bench_driver.md, the Optuna rows
+# and scripts/bench_driver.py); a cluster's driver may be faster, not by orders of magnitude.
+OPTUNA_ASK_COST: dict[str, tuple[float, float]] = {  # sampler -> (COST, POWER)
+    "tpe": (3.1e-6, 1.0), "nsga2": (1.0e-6, 1.0), "gp": (1.0e-6, 2.0)}
+OPTUNA_DRIVER_LIMIT_S = 3600.0  # a longer estimate is refused unless allow_large_budget
+
+
+def optuna_driver_seconds(sampler: str, genes: int, trials: int) -> tuple[float, float]:
+    """(the last ask's seconds, all asks' seconds) of a run of `trials` trials."""
+    cost, power = OPTUNA_ASK_COST[sampler]
+    return cost * genes * trials ** power, cost * genes * trials ** (power + 1) / (power + 1)
+
 
 class OptunaSpec(ControllerSpec):
     """`controller: {kind: optuna}`: the sampler; `sigma` sets the box (x0 ± 3 sigma) when the
-    space has none. Refused above HIGH_DIMENSION genes unless `allow_high_dimension`."""
+    space has none. Refused above HIGH_DIMENSION genes unless `allow_high_dimension`, and for
+    budgets whose asks alone would take the driver over an hour unless `allow_large_budget`."""
 
     kind: Literal["optuna"]
     sigma: float = Field(0.1, gt=0)
     sampler: Sampler = "tpe"
     allow_high_dimension: bool = False  # run Optuna above HIGH_DIMENSION genes anyway
+    allow_large_budget: bool = False  # run a budget whose asks would take hours anyway
 
     def check_dimension(self, n: int, origin: str) -> None:
         """Every trial's n values are kept and modelled: refuse above HIGH_DIMENSION genes
@@ -287,10 +323,24 @@ class OptunaSpec(ControllerSpec):
         log.warning("controller: Optuna on %d genes; the study's journal grows by ~%.1f MiB "
                     "per trial", n, n * OPTUNA_JOURNAL_BYTES_PER_GENE / 2**20)
 
+    def check_budget(self, genes: int, budget: int, origin: str) -> None:
+        """Each ask models every trial so far: refuse a budget whose asks alone would keep
+        the driver busy for over an hour (a cluster idles behind it), before anything runs."""
+        last, total = optuna_driver_seconds(self.sampler, genes, budget)
+        if total <= OPTUNA_DRIVER_LIMIT_S or self.allow_large_budget:
+            return
+        raise ConfigError(
+            f"{origin}: budget: Optuna's {self.sampler} sampler models every trial at each "
+            f"ask; over {budget:,} trials of {genes} genes its asks would take the driver "
+            f"~{total / 3600:.1f} h (the last ones ~{last:.1f} s each, while workers wait); "
+            "use m2n2, cmaes or random for long runs, lower the budget, or set "
+            "controller.allow_large_budget: true to run it anyway")
+
     def build(self, setup: ControllerSetup, ctx: SearchContext) -> OptunaSearch:
         """The study, kept in the run directory's journal (in memory without one)."""
         x0 = np.asarray(setup.x0, dtype=np.float64)
         self.check_dimension(len(x0), ctx.origin)
+        self.check_budget(len(x0), ctx.budget, ctx.origin)
         if setup.lower is not None and setup.upper is not None:
             lo, hi = setup.lower, setup.upper
         else:
