@@ -120,7 +120,7 @@ def test_an_optuna_budget_that_would_take_the_driver_hours_is_refused(tmp_path):
     from evomerge.search.optuna_search import optuna_driver_seconds
 
     spec = load_config(synthetic_optuna(tmp_path, 10_000)).controller
-    spec.check_budget(16, 10_000, "c.yaml")  # TPE, 10k trials of 16 genes: ~40 min
+    spec.check_budget(16, 10_000, "c.yaml")  # TPE, 10k trials of 16 genes: ~35 min
     assert optuna_driver_seconds("tpe", 16, 10_000)[1] < 3600
     with pytest.raises(ConfigError, match="allow_large_budget"):
         spec.check_budget(16, 20_000, "c.yaml")

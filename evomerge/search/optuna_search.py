@@ -282,18 +282,25 @@ class OptunaSearch(Controller):
 OPTUNA_JOURNAL_BYTES_PER_GENE = 330
 
 # Each ask of Optuna's samplers reads and models every trial in the study, so one ask costs
-# about COST * genes * trials**POWER seconds of driver CPU and a run of n trials the integral
-# of that. Fitted on this project's 2-core machine (results/bench_driver.md, the Optuna rows
-# and scripts/bench_driver.py); a cluster's driver may be faster, not by orders of magnitude.
-OPTUNA_ASK_COST: dict[str, tuple[float, float]] = {  # sampler -> (COST, POWER)
-    "tpe": (3.1e-6, 1.0), "nsga2": (1.0e-6, 1.0), "gp": (1.0e-6, 2.0)}
+# about BASE + (PER_TRIAL + PER_TRIAL_GENE * genes) * trials**POWER seconds of driver CPU,
+# and a run the integral of that. Fitted on this project's 2-core machine at 8 and 32 genes
+# (TPE and NSGA-II to 4,000 trials, GP to 400; results/bench_driver.md has the command); a
+# cluster's driver may be faster, not by orders of magnitude.
+OPTUNA_ASK_COST: dict[str, tuple[float, float, float, float]] = {
+    # sampler: (BASE, PER_TRIAL, PER_TRIAL_GENE, POWER)
+    "tpe": (0.0, 8.2e-6, 2.0e-6, 1.0),
+    "nsga2": (0.0, 1.4e-6, 0.04e-6, 1.0),
+    "gp": (0.19, 2.6e-6, 0.12e-6, 2.0),  # a Gaussian process fitted to every trial
+}
 OPTUNA_DRIVER_LIMIT_S = 3600.0  # a longer estimate is refused unless allow_large_budget
 
 
 def optuna_driver_seconds(sampler: str, genes: int, trials: int) -> tuple[float, float]:
     """(the last ask's seconds, all asks' seconds) of a run of `trials` trials."""
-    cost, power = OPTUNA_ASK_COST[sampler]
-    return cost * genes * trials ** power, cost * genes * trials ** (power + 1) / (power + 1)
+    base, per_trial, per_gene, power = OPTUNA_ASK_COST[sampler]
+    slope = per_trial + per_gene * genes
+    return (base + slope * trials ** power,
+            base * trials + slope * trials ** (power + 1) / (power + 1))
 
 
 class OptunaSpec(ControllerSpec):
