@@ -183,8 +183,38 @@ class ParetoArchive:
         Members it dominates leave. A point weakly dominated by a member (including an exact
         duplicate of a member's vector) is rejected, so the earliest trial of a vector stays.
         """
-        point = to_min_vector(self._objectives, values)
-        trial_id = int(trial_id)
+        return self._add_point(int(trial_id), to_min_vector(self._objectives, values), payload)
+
+    def add_many(self, trials: Sequence[tuple[int, Mapping[str, float]]],
+                 block: int = 2048) -> None:
+        """`add` for many trials in order, to the same front and history, fast: the points
+        that the front before their block already weakly dominates (nearly all of a long
+        run's) are rejected by one array comparison per block rather than one by one. A
+        point the front weakly dominates at the block's start is weakly dominated at its
+        own turn too (a member that left was dominated by the one that replaced it)."""
+        signs = np.array([o.sign for o in self._objectives])
+        for start in range(0, len(trials), block):
+            chunk = trials[start:start + block]
+            try:
+                points = np.array([[float(v[o.name]) for o in self._objectives]
+                                   for _, v in chunk], dtype=float) * signs
+                if not np.isfinite(points).all():
+                    raise ValueError
+            except (KeyError, TypeError, ValueError):  # named by the one-at-a-time check
+                points = np.array([to_min_vector(self._objectives, v) for _, v in chunk])
+            front = self._points
+            covered = (front[None, :, :] <= points[:, None, :]).all(axis=2).any(axis=1) \
+                if len(front) else np.zeros(len(chunk), dtype=bool)
+            for (trial_id, _), point, skip in zip(chunk, points, covered, strict=True):
+                if not skip:
+                    self._add_point(int(trial_id), point, None)
+                    continue
+                self._n_added += 1
+                if self._hv is not None:
+                    self.history.append((self._n_added, self._hv))
+
+    def _add_point(self, trial_id: int, point: np.ndarray,
+                   payload: Mapping[str, Any] | None) -> bool:
         if any(e.trial_id == trial_id for e in self._entries):
             raise ValueError(f"trial_id {trial_id} is already on the front")
         self._n_added += 1

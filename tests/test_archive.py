@@ -8,6 +8,8 @@ import math
 import moocore
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from evomerge.archive import ArchiveEntry, Objective, ParetoArchive
 
@@ -295,3 +297,29 @@ def test_dominates_helper():
     assert archive.dominates({"acc": 0.9, "size": 1.0}, {"acc": 0.8, "size": 1.0})
     assert not archive.dominates({"acc": 0.9, "size": 1.0}, {"acc": 0.9, "size": 1.0})
     assert not archive.dominates({"acc": 0.9, "size": 2.0}, {"acc": 0.8, "size": 1.0})
+
+
+@given(m=st.integers(1, 3), n=st.integers(0, 60), block=st.integers(1, 9),
+       seed=st.integers(0, 10_000), ties=st.booleans())
+@settings(max_examples=60, deadline=None)
+def test_add_many_gives_the_front_and_history_of_one_add_at_a_time(m, n, block, seed, ties):
+    """The block-wise rejection of `add_many` (how a 100,000-trial log is read) must change
+    nothing: the same members, the same hypervolume after every trial."""
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, 4, (n, m)) if ties else rng.random((n, m))  # ties: duplicates
+    objectives = [Objective(f"o{i}", "maximize" if i % 2 else "minimize") for i in range(m)]
+    reference = {f"o{i}": (-1.0 if i % 2 else 5.0) for i in range(m)}
+    trials = [(t, {f"o{i}": float(v[i]) for i in range(m)}) for t, v in enumerate(values)]
+    one, many = ParetoArchive(objectives, reference), ParetoArchive(objectives, reference)
+    for t, v in trials:
+        one.add(t, v)
+    many.add_many(trials, block=block)
+    assert [(e.trial_id, e.values) for e in many.front()] == \
+        [(e.trial_id, e.values) for e in one.front()]
+    assert many.history == one.history and many.n_added == one.n_added
+
+
+def test_add_many_names_a_bad_value_as_add_does():
+    archive = ParetoArchive([Objective("a", "maximize")])
+    with pytest.raises(ValueError, match="objective 'a' is not finite"):
+        archive.add_many([(0, {"a": 1.0}), (1, {"a": float("nan")})])

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 
-
-@torch.inference_mode()
 def continuation_logprobs(model: Any, pairs: list[tuple[list[int], list[int]]],
                           batch_size: int, pad_id: int = 0) -> tuple[list[float], list[int]]:
     """For each (context, continuation) token-id pair: Σ log p(continuation | context) and the
     number of continuation tokens. The context must hold at least one token. Pairs are sorted
     by length so that batches pad little; results come back in the input order."""
+    import torch  # here: `report` and `export` import the evaluators and never score
+
+    with torch.inference_mode():
+        return _logprobs(torch, model, pairs, batch_size, pad_id)
+
+
+def _logprobs(torch: Any, model: Any, pairs: list[tuple[list[int], list[int]]],
+              batch_size: int, pad_id: int) -> tuple[list[float], list[int]]:
     order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
     sums = [0.0] * len(pairs)
     counts = [0] * len(pairs)

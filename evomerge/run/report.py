@@ -4,6 +4,7 @@ or is still running."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -165,12 +166,12 @@ def _worker_use(lines: list[dict[str, Any]]) -> dict[str, Any] | None:
     timed = [x for x in lines if "worker" in x and "started" in x]
     if not timed:
         return None
-    workers = sorted({x["worker"] for x in timed})
+    per_worker = Counter(x["worker"] for x in timed)
     span = max(x["started"] + x["seconds"] for x in timed) - min(x["started"] for x in timed)
     busy = sum(x["seconds"] for x in timed)
-    return {"count": len(workers), "nodes": len({x.get("node") for x in timed}),
-            "utilisation": busy / (len(workers) * span) if span > 0 else None,
-            "trials": {str(w): sum(1 for x in timed if x["worker"] == w) for w in workers}}
+    return {"count": len(per_worker), "nodes": len({x.get("node") for x in timed}),
+            "utilisation": busy / (len(per_worker) * span) if span > 0 else None,
+            "trials": {str(w): per_worker[w] for w in sorted(per_worker)}}
 
 
 def _common_errors(lines: list[dict[str, Any]], limit: int = 3) -> list[dict[str, Any]]:

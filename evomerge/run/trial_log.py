@@ -117,9 +117,8 @@ def archive_from_lines(lines: list[dict[str, Any]], objectives: list[tuple[str, 
     """The Pareto archive of the successful full-fidelity trials among `lines`, added in log
     order (so its hypervolume history is the run's)."""
     archive = ParetoArchive([Objective(n, d) for n, d in objectives], reference)
-    for line in lines:
-        if line["status"] == "ok" and is_full(line):
-            archive.add(line["trial"], line["objectives"])
+    archive.add_many([(line["trial"], line["objectives"]) for line in lines
+                      if line["status"] == "ok" and is_full(line)])
     return archive
 
 
