@@ -245,6 +245,12 @@ class CMAES(Controller):
         # pycma keeps every asked sample it was not told about (up to ~1000: 150 MB at 19k
         # genes, in every checkpoint); the carried ones' genotypes are in `carry`
         self.es.sent_solutions.clear()
+        # and every injection of a sample carried again under the same key: a slow
+        # evaluation out for many generations grew it without bound (580 KB at 100,000
+        # trials on 64 workers); the next generation injects what it carries afresh
+        injected = getattr(self.es, "_injected_solutions_archive", None)  # cma 4.0-4.5
+        if injected is not None:
+            injected.clear()
         self.spent[self.regime] += lam
         self._solutions, self._generation, self._told, self._carried = [], [], {}, {}
         self._carry = carry
