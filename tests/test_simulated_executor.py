@@ -13,6 +13,7 @@ import yaml
 from evomerge.benchmarking import worker_utilisation
 from evomerge.executors.base import Job
 from evomerge.executors.simulated import SimulatedExecutor
+from evomerge.run.errors import RunError
 from evomerge.run.search_run import SearchRun
 from evomerge.search_config import ConfigError, SearchConfig
 from evomerge.tasks.base import SimulatedWorker
@@ -134,6 +135,19 @@ def test_resume_tells_the_logged_trials_in_the_order_they_finished(tmp_path, con
         assert state["journal_bytes"] == live_state["journal_bytes"]
     else:
         assert state_fingerprint(state) == state_fingerprint(live_state)
+
+
+def test_a_log_missing_a_trial_is_refused_by_name_not_waited_on(tmp_path):
+    """Replay tells the logged trials in their numbers' order; a line cut out of the middle
+    would leave it waiting for that number: it stops with an error naming it."""
+    run = tmp_path / "r"
+    SearchRun.create(write(tmp_path / "c.yaml", synthetic({"kind": "m2n2", "archive_size": 6},
+                                                          4, every=25)), run).run(stop_after=60)
+    log = run / "trials.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text("".join(lines[:55] + lines[56:]))  # trial 55 gone, 56-59 kept
+    with pytest.raises(RunError, match="no line of the log is trial 55, later ones are"):
+        SearchRun.open(run).run()
 
 
 def state_fingerprint(state):

@@ -177,10 +177,13 @@ class SchedulingLoop:
                 if self.queue and self.executor is not None:
                     self.executor.wait()  # jobs but no worker to take them: it says why
                 if self.replaying():
+                    nxt = self._next_logged_id()
+                    where = f"next logged id {nxt}" if nxt is not None else \
+                        f"no line of the log is trial {state.trials}, later ones are"
                     raise RunError(
                         f"{self.log_name}: the controller no longer proposes the "
-                        f"logged trials (next logged id {min(self.replay)}, outstanding "
-                        f"{sorted(self.outstanding)}); the run cannot be continued exactly")
+                        f"logged trials ({where}; outstanding {sorted(self.outstanding)}); "
+                        "the run cannot be continued exactly")
                 if stopping:
                     break
                 raise RunError("the controller proposed nothing while no evaluation was "
@@ -220,6 +223,11 @@ class SchedulingLoop:
     def replaying(self) -> bool:
         """Logged trials past the checkpoint remain to be asked or told again."""
         return bool(self.replay or self.replayed_lines)
+
+    def _next_logged_id(self) -> int | None:
+        """The candidate id of the logged trial to be told next (for errors)."""
+        lines = [*self.replay.values(), *self.replayed_lines.values()]
+        return next((x["id"] for x in lines if x["trial"] == self.state.trials), None)
 
     def _next_ready(self) -> tuple[Candidate, Result, dict[str, Any] | None] | None:
         """The finished trial to log and tell next: the first ready one, or, while replaying,
