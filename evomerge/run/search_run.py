@@ -267,7 +267,10 @@ class SearchRun:
                     done = {line["baseline"] for line in logged if "baseline" in line}
                     loop.run_baselines([(-1 - i, b) for i, b in enumerate(baselines)
                                         if b.name not in done])
-                scored = [line for line in files.read_log() if "baseline" in line]
+                # the baselines scored now are not in `logged`; a resumed run's all are (and
+                # its log, 100,000 lines, takes seconds to read again)
+                scored = [line for line in (logged if ckpt is not None else files.read_log())
+                          if "baseline" in line]
                 controller = cfg.controller.build(
                     seeded_setup(setup, scored, task.objectives[0]),
                     SearchContext(cfg.budget, cfg.seed, task.objectives, self.origin,
