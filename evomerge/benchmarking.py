@@ -189,6 +189,16 @@ def score_recipes(zoo: Path, recipes: list[tuple[str, dict | Path]], tasks: list
     return out
 
 
+def write_results(out: Path, text: str) -> None:
+    """Write a results file's generated part, keeping the `## Reading` a person wrote below
+    it in the file already there."""
+    old = out.read_text() if out.exists() else ""
+    reading = old[old.index("## Reading"):] if "## Reading" in old else ""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + ("\n" + reading if reading else ""))
+    print(f"wrote {out}")
+
+
 def worker_utilisation(lines: list[dict], workers: int) -> tuple[float, float]:
     """Busy time / (workers x span) from a trial log's `started` and `seconds`: over the
     steady state (first start to last start: after that no candidate is left to give an

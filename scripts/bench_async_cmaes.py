@@ -78,7 +78,7 @@ def main() -> None:
     command = shlex.join(["python", "scripts/bench_async_cmaes.py", *sys.argv[1:]])
     out = args.out or Path("results/bench_async_cmaes"
                            + ("" if args.task == "synthetic" else "_digits") + ".md")
-    from evomerge.benchmarking import machine_info
+    from evomerge.benchmarking import machine_info, write_results
 
     work = Path(tempfile.mkdtemp(prefix="evomerge-bench-async-"))
     rows = []
@@ -118,10 +118,7 @@ def main() -> None:
                       f"{mean([x['span'] for x in r])} s | {geo:.3g} | "
                       + (f"{d:+.3f} ± {se:.3f}" if mode else "") + " |")
     md.append("")
-    old = out.read_text() if out.exists() else ""  # a reading written by hand stays
-    reading = old[old.index("## Reading"):] if "## Reading" in old else ""
-    out.write_text("\n".join(md) + "\n" + ("\n" + reading if reading else ""))
-    print(f"wrote {out}")
+    write_results(out, "\n".join(md) + "\n")
 
 
 if __name__ == "__main__":

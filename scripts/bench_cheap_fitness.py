@@ -77,7 +77,7 @@ def study(runs: list[Path], ks: list[int], min_seen: int) -> dict[str, Any]:
             print(f"{run}: skipped (scores not 0/1, or not its objectives' means)")
             continue
         y, parts = got
-        used.append((run.name, len(y)))
+        used.append((run.name, len(y), parts))
         at = np.cumsum([0, *parts])
         for k in ks:
             est_worst, true_worst = {m: [] for m in METHODS}, []
@@ -122,19 +122,16 @@ def main() -> None:
     runs = args.runs or sorted(p for p in Path("runs/quickstart_results").iterdir()
                                if (p / "trials.jsonl").exists())
     res = study(runs, args.k, args.min_seen)
-    from evomerge.benchmarking import machine_info
+    from evomerge.benchmarking import machine_info, write_results
 
     def mae(values: list[float]) -> str:
         se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
         return f"{statistics.mean(values):.4f} ± {se:.4f}"
 
-    n_items = None
-    for name, _ in res["runs"]:
-        got = full_rows(next(r for r in runs if r.name == name))
-        n_items = got[1] if got else n_items
+    n_items = res["runs"][-1][2] if res["runs"] else None  # the parts of the last run read
     md = ["# Fitness from a few items, learned from the run", "", f"Command: `{command}`", "",
           *[f"- {x}" for x in machine_info()],
-          f"- runs: {', '.join(f'{n} ({c} full candidates)' for n, c in res['runs'])}; "
+          f"- runs: {', '.join(f'{n} ({c} full candidates)' for n, c, _ in res['runs'])}; "
           f"parts of {n_items} items; each candidate from the {args.min_seen + 1}th on "
           "predicted by estimators fitted on the candidates before it", "",
           "Mean absolute error ± s.e. against the full score, over every predicted "
@@ -152,11 +149,7 @@ def main() -> None:
             md.append(f"| {k} | {saving} | {m} | {mae(res['errors'][(m, k, 'part')])} | "
                       f"{mae(res['errors'][(m, k, 'worst')])} | {rank} |")
     md.append("")
-    out = args.out
-    old = out.read_text() if out.exists() else ""  # a reading written by hand stays
-    reading = old[old.index("## Reading"):] if "## Reading" in old else ""
-    out.write_text("\n".join(md) + "\n" + ("\n" + reading if reading else ""))
-    print(f"wrote {out}")
+    write_results(args.out, "\n".join(md) + "\n")
 
 
 if __name__ == "__main__":

@@ -62,7 +62,8 @@ def child(config: Path, run_dir: Path, budget: int) -> None:
                             "bytes": self.checkpoint_path.stat().st_size})
 
     RunDirectory.write_checkpoint = timed_write  # type: ignore[method-assign]
-    before = len(RunDirectory(run_dir).read_log()) if run_dir.exists() else 0
+    saved = RunDirectory(run_dir).read_state() if run_dir.exists() else None
+    before = saved["trials"] if saved else 0  # each stage ends at its budget, checkpointed
     cpu0, wall0 = time.process_time(), time.perf_counter()
     run = SearchRun.open(run_dir, budget=budget) if run_dir.exists() else \
         SearchRun.create(config, run_dir, budget=budget)
@@ -156,7 +157,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("results/bench_driver.md"))
     args = ap.parse_args()
     command = shlex.join(["python", "scripts/bench_driver.py", *sys.argv[1:]])
-    from evomerge.benchmarking import machine_info
+    from evomerge.benchmarking import machine_info, write_results
 
     work = Path(tempfile.mkdtemp(prefix="evomerge-bench-driver-"))
     rows: list[tuple[str, int, int, dict[str, Any]]] = []
@@ -215,11 +216,7 @@ def main() -> None:
                f"repeating its own lines: {exported['large']:.2f} s (fastest of 3, the merge "
                "and Python's start included)."]
     md.append("")
-    out = args.out
-    old = out.read_text() if out.exists() else ""  # a reading written by hand stays
-    reading = old[old.index("## Reading"):] if "## Reading" in old else ""
-    out.write_text("\n".join(md) + "\n" + ("\n" + reading if reading else ""))
-    print(f"wrote {out}")
+    write_results(args.out, "\n".join(md) + "\n")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from evomerge.benchmarking import machine_info
+from evomerge.benchmarking import machine_info, write_results
 from evomerge.export import export
 from evomerge.run.directory import RunDirectory
 from evomerge.run.report import report
@@ -341,10 +341,7 @@ def main() -> None:
             lines.append(f"| {what} | {line['heldout']['add_b']:.3f} | {interval(d)} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    old = args.out.read_text() if args.out.exists() else ""
-    reading = old[old.index("## Reading"):] if "## Reading" in old else ""
-    args.out.write_text(text + ("\n" + reading if reading else ""))
+    write_results(args.out, text)
 
 
 def _curve_table(curves: dict[str, list[list[float | None]]], budget: int) -> list[str]:

@@ -49,7 +49,6 @@ from evomerge.search.protocol import (
 log = logging.getLogger(__name__)
 
 
-
 class _BoxNSGAII(optuna.samplers.NSGAIISampler):
     """NSGA-II told its search space, the run's fixed box, instead of inferring it as the
     intersection of every completed trial's distributions: a fresh sampler per ask (see the
