@@ -334,25 +334,44 @@ class ExecutorSpec(BaseModel):
         return self
 
 
-class FidelitySpec(BaseModel):
-    """Multi-fidelity (asynchronous successive halving): every candidate is scored on the
-    leading `rungs[0]` share of the search split first; after each rung it goes on to the
-    next only if its primary objective is in the best `promote` share of the last `window`
-    results at that rung. Only full-fidelity trials enter the Pareto front. (With the whole
-    history instead of a window, an improving controller beats its rung's early, poor
-    candidates nearly every time and nearly everything is promoted: measured on digits.)"""
+class AnchorSpec(BaseModel):
+    """The first rung as learned anchor points (docs/design.md §7.4): once `min_full`
+    candidates are scored in full, each new one is scored on `items` anchor items per
+    objective metric, chosen and weighted by k-means on the per-item scores of the candidates
+    scored in full so far (refitted after every `refit_every` more), and its objectives are
+    estimated from them; it goes on to the full split on that estimate."""
 
     model_config = ConfigDict(extra="forbid")
 
-    rungs: list[float] = Field(min_length=2)
+    items: int = Field(ge=1)  # per objective metric
+    min_full: int = Field(8, ge=2)  # full evaluations before the first fit
+    refit_every: int = Field(10, ge=1)  # full evaluations between refits
+
+
+class FidelitySpec(BaseModel):
+    """Multi-fidelity (asynchronous successive halving): every candidate is scored on the
+    leading `rungs[0]` share of the search split first, or on learned `anchors`; after each
+    rung it goes on to the next only if its primary objective is in the best `promote` share
+    of the last `window` results at that rung. Only full-fidelity trials enter the Pareto
+    front. (With the whole history instead of a window, an improving controller beats its
+    rung's early, poor candidates nearly every time and nearly everything is promoted:
+    measured on digits.)"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rungs: list[float] | None = Field(None, min_length=2)
+    anchors: AnchorSpec | None = None
     promote: float = Field(gt=0, lt=1)
     window: int | None = Field(200, ge=1)  # None: every result so far (classic ASHA)
 
     @model_validator(mode="after")
     def _increasing(self) -> FidelitySpec:
         r = self.rungs
-        if any(not 0 < a < b for a, b in zip(r, r[1:], strict=False)) or r[-1] != 1.0 or \
-                r[0] <= 0:
+        if (r is None) == (self.anchors is None):
+            raise ValueError("give rungs (leading shares of the search split) or anchors "
+                             "(learned anchor items), one of the two")
+        if r is not None and (any(not 0 < a < b for a, b in zip(r, r[1:], strict=False))
+                              or r[-1] != 1.0 or r[0] <= 0):
             raise ValueError(f"rungs: {r} must increase strictly from above 0 to 1.0")
         return self
 
@@ -468,6 +487,7 @@ class SearchConfig(BaseModel):
 
 _LATE_KEYS: list[tuple[tuple[str, ...], Any]] = [
     (("fidelity",), None),
+    (("fidelity", "anchors"), None),
     (("controller", "allow_high_dimension"), False),
     (("task", "candidate", "selection_cache_gib"), None),
     (("zoo",), None),

@@ -133,6 +133,14 @@ def test_lm_eval_multiple_choice_and_generation_match_independent_scoring(lm, ta
         em = out.samples["gen_search/exact_match"]
         np.testing.assert_array_equal(em[0::2], 1.0)  # the model's own greedy answers
         assert out.metrics["gen_search/exact_match"] == pytest.approx(em.mean())
+        if split == "search":  # the anchor rung: chosen documents of one task only
+            some = ev.evaluate(model, tok, split, items={"mc_search/acc": [7, 2, 5],
+                                                         "mc_search/p_correct": [0, 7]})
+            assert set(some.samples) >= {"mc_search/acc", "mc_search/p_correct"}
+            assert "gen_search/exact_match" not in some.samples
+            np.testing.assert_array_equal(some.samples["mc_search/acc"], acc[[7, 2, 5]])
+            np.testing.assert_allclose(some.samples["mc_search/p_correct"], p[[0, 7]],
+                                       rtol=1e-4)
 
 
 @pytest.mark.smoke
@@ -233,6 +241,11 @@ def test_classification_accuracy_matches_direct_scoring(lm, tmp_path):
                                rtol=1e-4)
     rung = ev.evaluate(model, tok, "search", fraction=0.3)  # ceil(0.3 x 6) = 2 items
     np.testing.assert_array_equal(rung.samples["accuracy"], out.samples["accuracy"][:2])
+    # the anchor rung: chosen items per metric, in the order asked, scored as in full
+    chosen = ev.evaluate(model, tok, "search", items={"accuracy": [4, 1], "p_label": [5]})
+    np.testing.assert_array_equal(chosen.samples["accuracy"], out.samples["accuracy"][[4, 1]])
+    np.testing.assert_allclose(chosen.samples["p_label"], out.samples["p_label"][[5]],
+                               rtol=1e-5)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "w1", "label": "w2"}\n{oops\n')
     with pytest.raises(EvaluatorError, match="bad.jsonl: line 2: not valid JSON"):

@@ -45,6 +45,9 @@ class Evaluator(ABC):
     """Scores a live model on a split. `metrics()` is known before any evaluation, so a config
     whose objective names a metric nobody produces fails before the search starts."""
 
+    # whether `evaluate` takes `items` (the anchor-point fidelity scores chosen items only)
+    chooses_items: bool = False
+
     def __init__(self, name: str):
         self.name = name
 
@@ -53,10 +56,34 @@ class Evaluator(ABC):
         """Metric names this evaluator reports, so configs can be checked before any run."""
 
     @abstractmethod
-    def evaluate(self, model: Any, tokenizer: Any, split: Split, fraction: float = 1.0
-                 ) -> Evaluation:
+    def evaluate(self, model: Any, tokenizer: Any, split: Split, fraction: float = 1.0,
+                 items: dict[str, list[int]] | None = None) -> Evaluation:
         """Metrics and per-sample scores; `fraction` < 1 scores the leading share of the
-        search split only (multi-fidelity rungs)."""
+        search split only (multi-fidelity rungs). `items` (evaluators that `chooses_items`):
+        metric name → positions in its per-sample scores on the split; only those items are
+        scored, and `samples[m]` holds their scores in that order."""
+
+
+def chosen_items(items: dict[str, list[int]], metric_group: Any) -> dict[str, list[int]]:
+    """Per group of metrics scored together (an lm-eval task, a data file), the sorted union
+    of the positions its requested metrics want: what to score once for all of them."""
+    out: dict[str, set[int]] = {}
+    for metric, positions in items.items():
+        out.setdefault(metric_group(metric), set()).update(int(p) for p in positions)
+    return {g: sorted(p) for g, p in out.items()}
+
+
+def pick_items(scored: dict[str, np.ndarray], union: dict[str, list[int]],
+               items: dict[str, list[int]], metric_group: Any, where: str
+               ) -> dict[str, np.ndarray]:
+    """Each requested metric's scores at its own positions, out of its group's union."""
+    out = {}
+    for metric, positions in items.items():
+        if metric not in scored:
+            raise EvaluatorError(f"{where}: metric {metric!r} has no per-item scores")
+        at = {p: i for i, p in enumerate(union[metric_group(metric)])}
+        out[metric] = np.asarray(scored[metric])[[at[int(p)] for p in positions]]
+    return out
 
 
 class ForwardTimer:

@@ -16,8 +16,10 @@ from evomerge.evaluate.base import (
     Evaluator,
     EvaluatorError,
     Split,
+    chosen_items,
     field_of,
     leading,
+    pick_items,
     split_records,
 )
 from evomerge.evaluate.scoring import continuation_logprobs
@@ -25,6 +27,9 @@ from evomerge.evaluate.scoring import continuation_logprobs
 
 class ClassificationEvaluator(Evaluator):
     """Accuracy of a causal LM that picks, per item, the label most likely after its prompt."""
+
+    chooses_items = True
+
     def __init__(self, spec: Any, origin: str = "<config>"):
         super().__init__(spec.name)
         self.spec = spec
@@ -72,11 +77,24 @@ class ClassificationEvaluator(Evaluator):
                 self._pairs[s] = pairs
         return self._pairs
 
-    def evaluate(self, model: Any, tokenizer: Any, split: Split, fraction: float = 1.0
-                 ) -> Evaluation:
+    def evaluate(self, model: Any, tokenizer: Any, split: Split, fraction: float = 1.0,
+                 items: dict[str, list[int]] | None = None) -> Evaluation:
         """Score every label after every prompt; per item, correct or not and p(true label)."""
-        items = self.items[split][:leading(len(self.items[split]), fraction)]
-        pairs = self._tokenised(tokenizer)[split][:len(items) * len(self.labels)]
+        if items is not None:  # both metrics come from the same items: score their union
+            union = chosen_items(items, lambda _: "items")
+            scored = self._score(model, tokenizer, split, union.get("items", []))
+            return Evaluation(scored.metrics, pick_items(scored.samples, union, items,
+                                                         lambda _: "items",
+                                                         f"evaluators.{self.name}"))
+        n = leading(len(self.items[split]), fraction)
+        return self._score(model, tokenizer, split, list(range(n)))
+
+    def _score(self, model: Any, tokenizer: Any, split: Split, chosen: list[int]
+               ) -> Evaluation:
+        n_labels = len(self.labels)
+        every = self._tokenised(tokenizer)[split]
+        items = [self.items[split][i] for i in chosen]
+        pairs = [every[i * n_labels + j] for i in chosen for j in range(n_labels)]
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         sums, _ = continuation_logprobs(model, pairs, self.spec.batch_size, pad)
         ll = np.asarray(sums).reshape(len(items), len(self.labels))

@@ -28,8 +28,10 @@ from evomerge.evaluate.base import (
     Evaluator,
     EvaluatorError,
     Split,
+    chosen_items,
     cut_validation,
     leading,
+    pick_items,
 )
 
 # simple_evaluate arguments this evaluator owns: the model, the task objects, per-sample logs
@@ -100,6 +102,9 @@ class _Side:
 
 class LMEvalEvaluator(Evaluator):
     """Scores a live model on lm-eval harness tasks, their task objects built once per worker."""
+
+    chooses_items = True
+
     def __init__(self, spec: Any, origin: str = "<config>"):
         super().__init__(spec.name)
         self.spec = spec
@@ -252,20 +257,40 @@ class LMEvalEvaluator(Evaluator):
             self._lm_model = model
         return self._lm
 
-    def evaluate(self, model: Any, tokenizer: Any, split: Split, fraction: float = 1.0
-                 ) -> Evaluation:
-        """Run simple_evaluate on the split's documents; per-sample scores from its sample logs."""
-        import lm_eval
-
+    def evaluate(self, model: Any, tokenizer: Any, split: Split, fraction: float = 1.0,
+                 items: dict[str, list[int]] | None = None) -> Evaluation:
+        """Run simple_evaluate on the split's documents; per-sample scores from its sample logs.
+        With `items`, only the tasks they name, on the documents at those positions."""
         side = self.sides[split]
         options = {"bootstrap_iters": 0, "verbosity": "ERROR", **self.spec.options}
+        if items is not None:
+            union = chosen_items(items, _task_of)
+            ids = self._leading_docs(side, 1.0, options)
+            unknown = sorted(set(union) - set(ids))
+            if unknown:
+                raise EvaluatorError(f"evaluators.{self.name}: no task {unknown[0]!r} on the "
+                                     f"{split} split (it has {sorted(ids)})")
+            options.pop("limit", None)
+            objs = [t for t in side.objs if t.task_name in union]
+            scored = self._run(side, objs, {t: [ids[t][p] for p in union[t]] for t in union},
+                               model, tokenizer, options)
+            return Evaluation(scored.metrics, pick_items(scored.samples, union, items,
+                                                         _task_of, f"evaluators.{self.name}"))
         samples = side.samples if fraction >= 1 else self._leading_docs(side, fraction,
                                                                          options)
         if samples is not None:
             options.pop("limit", None)  # already applied to the split's document ids
+        return self._run(side, side.objs, samples, model, tokenizer, options)
+
+    def _run(self, side: _Side, objs: list[Any], samples: dict[str, list[int]] | None,
+             model: Any, tokenizer: Any, options: dict[str, Any]) -> Evaluation:
+        """One simple_evaluate call; metrics and per-document scores (in document order) under
+        the search tasks' names."""
+        import lm_eval
+
         with _per_candidate_call():
             out = lm_eval.simple_evaluate(
-                model=self._hflm(model, tokenizer), tasks=side.objs, task_manager=self.tm,
+                model=self._hflm(model, tokenizer), tasks=objs, task_manager=self.tm,
                 log_samples=True, samples=samples, **options)
         if out is None:
             raise EvaluatorError(f"evaluators.{self.name}: lm-eval returned no results")
@@ -314,6 +339,11 @@ def _answer_probabilities(rows: list[dict]) -> np.ndarray | None:
     if not rows or any(v is None for v in values):
         return None
     return np.exp(np.asarray(values, dtype=np.float64)).astype(np.float32)
+
+
+def _task_of(metric: str) -> str:
+    """The task a `task/metric[,filter]` name belongs to."""
+    return metric.split("/", 1)[0]
 
 
 def _metric_name(task: str, metric: str, filt: str) -> str:

@@ -49,8 +49,8 @@ class PerplexityEvaluator(Evaluator):
                                      "than two tokens, so nothing in it can be predicted")
         return self._ids
 
-    def evaluate(self, model: Any, tokenizer: Any, split: Split, fraction: float = 1.0
-                 ) -> Evaluation:
+    def evaluate(self, model: Any, tokenizer: Any, split: Split, fraction: float = 1.0,
+                 items: dict[str, list[int]] | None = None) -> Evaluation:
         """NLL of each document over forward windows; per document, its mean token probability."""
         docs = self._tokenised(tokenizer)[split]
         docs = docs[:leading(len(docs), fraction)]

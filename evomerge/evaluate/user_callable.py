@@ -45,8 +45,8 @@ class CallableEvaluator(Evaluator):
         """The metrics the config declares the function returns."""
         return list(self.spec.metrics)
 
-    def evaluate(self, model: Any, tokenizer: Any, split: Split, fraction: float = 1.0
-                 ) -> Evaluation:
+    def evaluate(self, model: Any, tokenizer: Any, split: Split, fraction: float = 1.0,
+                 items: dict[str, list[int]] | None = None) -> Evaluation:
         """Call the function and check it returned every declared metric."""
         extra = {"fraction": fraction} if fraction < 1 else {}
         out = self.fn(model, tokenizer, split=split, **extra, **self.spec.options)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from evomerge.tasks.base import TaskWorker
+from evomerge.tasks.base import AnchorItems, TaskWorker
 
 
 @dataclass
@@ -23,6 +23,9 @@ class Job:
     payload: Any
     split: str = "search"
     fraction: float = 1.0  # of the search split (multi-fidelity rungs); held-out is whole
+    # the anchor-point rung: `evaluator:metric` -> (item positions, weights); the fraction is
+    # then the share of the search split's items these are
+    items: AnchorItems | None = None
 
 
 def describe_job(job: Job) -> str:
@@ -47,7 +50,9 @@ def evaluate_job(worker: TaskWorker, job: Job) -> Outcome:
     """Run one job on a worker: exceptions and NaN/inf objectives become failed outcomes."""
     t0 = time.perf_counter()
     try:
-        objectives, scores, extra = worker.evaluate(job.payload, job.split, job.fraction)
+        chosen = {"items": job.items} if job.items is not None else {}
+        objectives, scores, extra = worker.evaluate(job.payload, job.split, job.fraction,
+                                                    **chosen)
         bad = [k for k, v in objectives.items() if not math.isfinite(v)]
         if bad:
             raise ValueError(f"objective {bad[0]} is {objectives[bad[0]]}")

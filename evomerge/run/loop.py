@@ -18,10 +18,12 @@ import numpy as np
 from evomerge.archive import ParetoArchive
 from evomerge.executors.base import Executor, Job, Outcome
 from evomerge.progress import Progress
+from evomerge.run.anchors import AnchorRung
 from evomerge.run.errors import RunError
 from evomerge.run.rungs import SuccessiveHalving
 from evomerge.run.trial_log import (
     as_logged,
+    decode_scores,
     encode_scores,
     is_full,
     result_from_line,
@@ -110,6 +112,8 @@ class SchedulingLoop:
         self.payloads: dict[int, Any] = {}
         self.scored: dict[int, tuple[Result, dict[str, Any]]] = {}  # awaiting held-out
         self.rungs = SuccessiveHalving.from_config(cfg.fidelity)
+        anchors = cfg.fidelity.anchors if cfg.fidelity is not None else None
+        self.anchors = AnchorRung(anchors, cfg.seed) if anchors is not None else None
         self.lower_rungs: dict[int, dict[str, dict[str, float]]] = {}  # per candidate
         self.rung_seconds: dict[int, float] = {}
         self.last_checkpoint = state.trials
@@ -142,6 +146,18 @@ class SchedulingLoop:
     def note_rungs(self, line: dict[str, Any]) -> None:
         """A logged trial's rung results count toward promotion (resume and replay)."""
         self.rungs.note_logged(line, self.primary, self.sign)
+
+    def note_full_row(self, line: dict[str, Any], scores: np.ndarray | None = None) -> None:
+        """A trial's per-item scores (a successful full search evaluation, not a cached
+        copy) go to the anchors, in trial order: live, replayed and on resume."""
+        if self.anchors is None or line.get("status") != "ok" or not is_full(line) or \
+                "cached" in line:
+            return
+        if scores is None and "scores" in line:
+            scores = decode_scores(line["scores"])
+        self.anchors.note_full(scores, line.get("score_parts"), line.get("trial", -1))
+        if self.anchors.fit is not None:
+            self.rungs.anchor_at(self.anchors.fit.fraction)
 
     def details(self) -> dict[str, Any]:
         """What the live view shows beyond the counts (computed only when it redraws)."""
@@ -303,7 +319,12 @@ class SchedulingLoop:
             self.ready.append((cand, res, {**fields, "cached": hit["trial"]}))
             return
         self.fields[cand.id], self.payloads[cand.id] = fields, payload
-        self.queue.append(Job(cand.id, payload, fraction=self.rungs.first))
+        fit = self.anchors.fit if self.anchors is not None else None
+        if fit is None:
+            self.queue.append(Job(cand.id, payload, fraction=self.rungs.first))
+            return
+        fields["anchors_fit"] = fit.rows  # how many full evaluations they were learned from
+        self.queue.append(Job(cand.id, payload, fraction=fit.fraction, items=fit.items))
 
     def _submit(self) -> None:
         while self.queue and self.executor is not None and \
@@ -393,6 +414,10 @@ class SchedulingLoop:
             self.note_rungs(replayed)
         if res.status == "ok" and res.fidelity >= 1:
             self.archive.add(number, res.objectives)
+            if self.anchors is not None:
+                self.note_full_row({"status": "ok", "trial": number,
+                                    **(replayed if replayed is not None else fields or {})},
+                                   res.scores)
         if fields is not None:
             assert self.log is not None
             t1 = time.perf_counter()

@@ -1,7 +1,9 @@
 """Multi-fidelity rungs (docs/design.md §7): asynchronous successive halving, in the shape of
 Optuna's `SuccessiveHalvingPruner`. Every candidate is scored on the leading `rungs[0]` share
 of the search split first; after each rung it goes on only if its primary objective is in the
-best `promote` share of the last `window` results at that rung."""
+best `promote` share of the last `window` results at that rung. With learned anchors
+(`run/anchors.py`) the first rung is the anchor items, known once the anchors are first
+fitted; until then every candidate is scored in full."""
 
 from __future__ import annotations
 
@@ -13,10 +15,12 @@ class SuccessiveHalving:
     Values are sign-adjusted so that larger is better. With one rung (no `fidelity` block)
     every candidate is scored in full at once."""
 
-    def __init__(self, rungs: list[float], promote: float = 1.0, window: int | None = None):
+    def __init__(self, rungs: list[float], promote: float = 1.0, window: int | None = None,
+                 anchored: bool = False):
         self.rungs = list(rungs)
         self.promote = promote
         self.window = window
+        self.anchored = anchored
         self.values: dict[float, list[float]] = {}  # sign-adjusted primary, per rung
 
     @classmethod
@@ -24,7 +28,13 @@ class SuccessiveHalving:
         """The config's `fidelity` block, or a single full rung when it has none."""
         if fidelity is None:
             return cls([1.0])
+        if fidelity.anchors is not None:
+            return cls([1.0], fidelity.promote, fidelity.window, anchored=True)
         return cls(list(fidelity.rungs), fidelity.promote, fidelity.window)
+
+    def anchor_at(self, fraction: float) -> None:
+        """The anchors are fitted: they are the first rung, `fraction` of the items."""
+        self.rungs = [fraction, 1.0]
 
     @property
     def first(self) -> float:
@@ -34,7 +44,7 @@ class SuccessiveHalving:
     @property
     def multi(self) -> bool:
         """Whether there is more than one rung (trial lines then log their fidelity)."""
-        return len(self.rungs) > 1
+        return len(self.rungs) > 1 or self.anchored
 
     def next(self, fraction: float) -> float:
         """The rung after `fraction`."""

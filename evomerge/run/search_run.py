@@ -256,6 +256,7 @@ class SearchRun:
                 loop.note_status(line["status"], line.get("error"))
             for line in logged[: state.trials]:
                 loop.note_rungs(line)
+                loop.note_full_row(line)  # the anchors as they were at the checkpoint
             if progress is not None:
                 # the logged trials are done (those past the checkpoint are replayed, not rerun)
                 progress.start(max(state.trials, len(logged)), cfg.budget, loop.primary)

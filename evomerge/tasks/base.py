@@ -10,7 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from evomerge.errors import ConfigError
 from evomerge.search.protocol import ControllerSetup
+
+# the anchor-point rung's items (docs/design.md §7.4): `evaluator:metric` -> (positions in
+# that metric's per-item scores on the search split, their weights summing to 1)
+AnchorItems = dict[str, tuple[list[int], list[float]]]
 
 
 class TaskWorker(ABC):
@@ -21,7 +26,9 @@ class TaskWorker(ABC):
                  ) -> tuple[dict[str, float], np.ndarray | None, dict[str, Any]]:
         """(objectives, per-sample scores on the search split or None, extra log fields).
         `fraction` < 1: score on that leading share of the search split only (a cheaper,
-        noisier estimate for multi-fidelity runs)."""
+        noisier estimate for multi-fidelity runs). Workers of tasks that `check_anchors`
+        allows also take `items=AnchorItems`: score only those and return the objectives
+        estimated from them (no per-sample scores)."""
 
     def close(self) -> None:
         """Release what the worker holds."""
@@ -62,6 +69,12 @@ class Task(ABC):
         """A worker that does not spend the evaluation time but reports it (for the
         simulated executor); tasks without a cost model have none."""
         raise NotImplementedError(f"{type(self).__name__} has no cost model to simulate")
+
+    def check_anchors(self, where: str) -> None:
+        """Refuse the anchor-point fidelity unless every objective is built from metrics
+        that are means of per-item scores this task's workers can score item by item."""
+        raise ConfigError(f"{where}: a {type(self).__name__} cannot score chosen items; "
+                          "use rungs (leading shares of the search split)")
 
     def baselines(self) -> list[Baseline]:
         """Hand-set candidates scored before the search, in order (none by default)."""

@@ -26,44 +26,49 @@ from evomerge.merge_methods import get_method
 from evomerge.recipe import Recipe
 from evomerge.search.protocol import ControllerSetup
 from evomerge.search_config import BaselineSpec
-from evomerge.tasks.base import Baseline, Task, TaskWorker
+from evomerge.tasks.base import AnchorItems, Baseline, Task, TaskWorker
 
 
 class MergeWorker(TaskWorker):
     """Resident sources + one live model + the evaluators, built once."""
 
-    def __init__(self, spec: Any, evaluators: dict[str, Evaluator], needs_scores: bool):
+    def __init__(self, spec: Any, evaluators: dict[str, Evaluator], needs_scores: bool,
+                 anchors: bool = False):
         self.spec = spec
         self.builder = BUILDERS[spec.space.kind](spec)
         self.tokenizer = self.builder.tokenizer()
         self.evaluators = evaluators
         self.needs_scores = needs_scores
         self.sample_scores = spec.sample_scores
+        # the anchor-point fidelity: full search evaluations return the objectives' own
+        # per-item scores, which the driver learns its anchors from
+        self.anchors = anchors
 
-    def evaluate(self, payload: Recipe, split: str, fraction: float = 1.0):
-        """Build the recipe's model, run every evaluator, and pick out the objectives and scores."""
+    def evaluate(self, payload: Recipe, split: str, fraction: float = 1.0,
+                 items: AnchorItems | None = None):
+        """Build the recipe's model, run every evaluator, and pick out the objectives and scores
+        (with `items`: the objectives estimated from the anchor items' weighted scores)."""
         t0 = time.perf_counter()
         model = self.builder.build(payload)
         t1 = time.perf_counter()
+        if items is not None:
+            metrics = self._anchor_metrics(model, split, items)
+            extra = {"build_seconds": round(t1 - t0, 6),
+                     "eval_seconds": round(time.perf_counter() - t1, 6),
+                     "anchor_items": sum(len(p) for p, _ in items.values())}
+            return self._objectives(metrics, split), None, extra
         outs = {name: ev.evaluate(model, self.tokenizer, split, fraction)
                 for name, ev in self.evaluators.items()}
         t2 = time.perf_counter()
-        objectives: dict[str, float] = {}
-        search = split == "search"
-        for o in self.spec.objectives:
-            value = o.value(outs[o.evaluator].metrics, search)
-            parts = o.search_parts if search else o.parts
-            if value is None:
-                raise EvaluatorError(f"objective {o.name}: evaluator {o.evaluator} returned no "
-                                     f"metric {parts} (it returned "
-                                     f"{sorted(outs[o.evaluator].metrics)})")
-            if not math.isfinite(value):
-                raise EvaluatorError(f"objective {o.name}: {'/'.join(parts)} is {value}")
-            objectives[o.name] = float(value)
+        objectives = self._objectives({n: out.metrics for n, out in outs.items()}, split)
         extra: dict[str, Any] = {"build_seconds": round(t1 - t0, 6),
                                  "eval_seconds": round(t2 - t1, 6)}
-        if split != "search":  # per item of every metric an objective reads: paired tests
-            scores, extra["score_parts"] = self._objective_items(outs)
+        search = split == "search"
+        if not search or (self.anchors and fraction >= 1):
+            # per item of every metric an objective reads: paired tests, and the anchors
+            scores, extra["score_parts"] = self._objective_items(outs, search)
+            if search:
+                self._check_means(outs, extra["score_parts"], scores)
             return objectives, scores, extra
         scores = self._scores(outs)
         if self.needs_scores and scores is None:
@@ -71,14 +76,67 @@ class MergeWorker(TaskWorker):
                                  "task.sample_scores has them")
         return objectives, scores, extra
 
-    def _objective_items(self, outs: dict[str, Any]) -> tuple[np.ndarray | None,
-                                                              list[list[Any]]]:
+    def _anchor_metrics(self, model: Any, split: str, items: AnchorItems
+                        ) -> dict[str, dict[str, float]]:
+        """Per evaluator, each metric estimated as its anchors' weighted mean score."""
+        wanted: dict[str, dict[str, list[int]]] = {}
+        for key, (positions, _) in items.items():
+            ev, _, metric = key.partition(":")
+            wanted.setdefault(ev, {})[metric] = list(positions)
+        metrics: dict[str, dict[str, float]] = {}
+        for ev, chosen in wanted.items():
+            out = self.evaluators[ev].evaluate(model, self.tokenizer, split, items=chosen)
+            metrics[ev] = {m: float(np.dot(np.asarray(items[f"{ev}:{m}"][1]),
+                                           np.asarray(out.samples[m], dtype=np.float64)))
+                           for m in chosen}
+        return metrics
+
+    def _check_means(self, outs: dict[str, Any], parts: list[list[Any]],
+                     scores: np.ndarray | None) -> None:
+        """The anchors estimate a metric as a weighted mean of its items: each objective
+        metric must be the plain mean of its per-item scores (accuracy is; perplexity is not)."""
+        at = 0
+        for key, n in parts:
+            ev, _, metric = key.partition(":")
+            assert scores is not None
+            mean = float(np.mean(scores[at: at + n]))
+            at += n
+            if abs(mean - outs[ev].metrics[metric]) > 1e-4:
+                raise EvaluatorError(f"fidelity.anchors: {key} is "
+                                     f"{outs[ev].metrics[metric]:.6g}, not the mean of its "
+                                     f"per-item scores ({mean:.6g}), so anchors cannot "
+                                     "estimate it")
+        missing = [f"{o.evaluator}:{m}" for o in self.spec.objectives for m in o.search_parts
+                   if not any(p[0] == f"{o.evaluator}:{m}" for p in parts)]
+        if missing:
+            raise EvaluatorError(f"fidelity.anchors: {missing[0]} has no per-item scores, so "
+                                 "anchors cannot estimate it")
+
+    def _objectives(self, metrics: dict[str, dict[str, float]], split: str
+                    ) -> dict[str, float]:
+        """Each objective from its evaluator's metrics."""
+        objectives: dict[str, float] = {}
+        search = split == "search"
+        for o in self.spec.objectives:
+            value = o.value(metrics[o.evaluator], search)
+            parts = o.search_parts if search else o.parts
+            if value is None:
+                raise EvaluatorError(f"objective {o.name}: evaluator {o.evaluator} returned no "
+                                     f"metric {parts} (it returned "
+                                     f"{sorted(metrics[o.evaluator])})")
+            if not math.isfinite(value):
+                raise EvaluatorError(f"objective {o.name}: {'/'.join(parts)} is {value}")
+            objectives[o.name] = float(value)
+        return objectives
+
+    def _objective_items(self, outs: dict[str, Any], search: bool = False
+                         ) -> tuple[np.ndarray | None, list[list[Any]]]:
         """Per-item scores of the metrics the objectives read (`evaluator:metric`, those
         that have them), concatenated, and the [name, items] parts in order."""
         parts: list[list[Any]] = []
         arrays = []
         for o in self.spec.objectives:
-            for m in o.parts:
+            for m in (o.search_parts if search else o.parts):
                 key = f"{o.evaluator}:{m}"
                 s = outs[o.evaluator].samples.get(m)
                 if s is None or any(p[0] == key for p in parts):
@@ -311,6 +369,20 @@ class MergeTask(Task):
                 m.close()
         return gram
 
+    def check_anchors(self, where: str) -> None:
+        """Anchors need evaluators that score chosen items, and the objectives' own items as
+        the run's per-sample scores (which are what the anchors are learned from)."""
+        if self.spec.sample_scores:
+            raise ConfigError(f"{where}: the anchors are learned from the objectives' own "
+                              "per-item scores; leave task.sample_scores out")
+        for i, o in enumerate(self.spec.objectives):
+            spec = next(e for e in self.spec.evaluators if e.name == o.evaluator)
+            ev = self.evaluators.get(o.evaluator)
+            if ev is not None and not ev.chooses_items:
+                raise ConfigError(f"{where}: task.objectives[{i}] ({o.name}) is scored by "
+                                  f"evaluator {o.evaluator!r} (kind {spec.kind}), which cannot "
+                                  "score chosen items; use rungs")
+
     # --- baselines ---------------------------------------------------------------------------
     def baselines(self) -> list[Baseline]:
         """The config's hand-set recipes, or the defaults for its space (docs/design.md §7.5),
@@ -381,8 +453,10 @@ class MergeTask(Task):
         """The merge worker, built on first use (it loads the sources) and then reused."""
         if self._worker is None:
             try:
+                fidelity = self.cfg.fidelity
                 self._worker = MergeWorker(self.spec, self.evaluators,
-                                           self.cfg.controller.kind == "m2n2")
+                                           self.cfg.controller.kind == "m2n2",
+                                           fidelity is not None and fidelity.anchors is not None)
             except MergeError as exc:
                 raise ConfigError(f"{self.origin}: task: {exc}") from None
         return self._worker

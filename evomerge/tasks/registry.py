@@ -28,7 +28,11 @@ def task_class(kind: str) -> type[Task]:
 def build_task(cfg: Any, origin: str = "<config>", prepare: bool = True) -> Task:
     """The task a config names. `prepare=False` skips what needs data or weights (enough to
     decode genomes, e.g. for export); `origin` is the config file errors name."""
-    return task_class(cfg.task.kind)(cfg, origin, prepare)
+    task = task_class(cfg.task.kind)(cfg, origin, prepare)
+    fidelity = getattr(cfg, "fidelity", None)
+    if prepare and fidelity is not None and fidelity.anchors is not None:
+        task.check_anchors(f"{origin}: fidelity.anchors")
+    return task
 
 
 def task_objectives(cfg: Any) -> tuple[list[tuple[str, str]], dict[str, float]]:
