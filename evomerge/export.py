@@ -118,6 +118,19 @@ def export_into_run(files: RunDirectory, cfg: SearchConfig, out: Path) -> Path:
     return out
 
 
+def best_recipe_texts(files: RunDirectory, cfg: SearchConfig) -> dict[str, str]:
+    """The best trial's recipe as text: evomerge's YAML, and mergekit's where it can say it
+    (for trackers, which keep recipes, not models)."""
+    (line,) = choose_trials(files, cfg, None, True, False)
+    recipe = trial_recipe(files, cfg, line)
+    out = {"evomerge_recipe.yaml": recipe.to_yaml()}
+    try:
+        out["mergekit_config.yml"] = mergekit_text(recipe)
+    except (RecipeError, ValueError):
+        pass
+    return out
+
+
 def _extra_files(recipe: Recipe, out: Path) -> dict[str, str]:
     """mergekit_config.yml for the model directory `out` (local paths relative to it), when
     mergekit's format can express the recipe; the evomerge recipe is always written."""

@@ -376,6 +376,25 @@ class FidelitySpec(BaseModel):
         return self
 
 
+class MlflowSpec(BaseModel):
+    """Mirror the run to MLflow (the `tracking` extra): `uri` a tracking URI (default: a
+    SQLite store inside the run directory, `sqlite:///<run>/mlflow.db`, with its artifacts
+    beside it), `experiment` its experiment (default: the config's name)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    uri: str | None = Field(None, min_length=1)
+    experiment: str | None = Field(None, min_length=1)
+
+
+class TrackingSpec(BaseModel):
+    """Experiment trackers a run is mirrored to; the run directory stays the record."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mlflow: MlflowSpec | None = None
+
+
 class ZooSpec(BaseModel):
     """Example sources the config's paths name, built there first if missing."""
 
@@ -401,6 +420,7 @@ class SearchConfig(BaseModel):
     executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
     fidelity: FidelitySpec | None = None  # multi-fidelity rungs; None: every trial in full
     zoo: ZooSpec | None = None  # example sources to build before the search, if missing
+    tracking: TrackingSpec | None = None  # where the run is mirrored (not what it is)
     # when the budget is spent: the best trial (first objective) as <run>/best, a model dir
     # with its recipe and mergekit YAML
     export_best: bool = False
@@ -456,6 +476,7 @@ class SearchConfig(BaseModel):
         """What must not change across a resume (budget and time limit may grow)."""
         data = self.model_dump(mode="json")
         data.pop("executor")  # where trials run does not change what they are
+        data.pop("tracking")  # nor does where they are mirrored
         # digests predate per-kind controller settings: computed on every kind's keys
         data["controller"] = {**defaults_of_every_kind(), **data["controller"]}
         if ignore_budget:

@@ -48,13 +48,15 @@ def test_each_search_config_runs_a_few_trials(path, tmp_path, example_zoo, monke
                          budget=8).run()  # its 6 baselines and 2 searched trials
         export(example_zoo / "ps_run", example_zoo / "ps_best", best=True)
     budget = 8 if merge else 40
-    if path.stem == "quickstart":
+    if path.stem.startswith("quickstart"):
         budget = 12  # past the first rung's promotions, so some trials are scored in full
     state = SearchRun.create(path, tmp_path / "run", budget=budget).run()
     assert state.trials == budget
     assert state.best is not None
     assert all(0 <= v <= 1 for v in state.best["heldout"].values())
     assert set(state.best["heldout"]) == set(state.best["objectives"])
+    if "tracking:" in path.read_text():  # mirrored to the MLflow store in the run directory
+        assert (tmp_path / "run" / "mlflow_run.json").exists()
 
 
 def test_the_readme_config_example_is_a_valid_config(tmp_path):

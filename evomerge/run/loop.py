@@ -33,6 +33,7 @@ from evomerge.run.trial_log import (
 from evomerge.search.protocol import Candidate, Controller, Result
 from evomerge.search_config import SearchConfig
 from evomerge.tasks.base import Baseline, Task
+from evomerge.tracking.base import Tracker
 
 # the trial log is flushed to the OS with every line (a killed process loses no finished
 # trial) and fsynced at checkpoints and at least this often (a crashed machine loses at most
@@ -125,6 +126,7 @@ class SchedulingLoop:
         self.rescore_splits = (["validation"] if task.has_validation else []) + ["heldout"]
         self.top: list[float] = []  # the best `rescore_top` full-fidelity values (signed)
         self.baseline_best: dict[str, float] = {}  # for the live view
+        self.trackers: list[Tracker] = []  # told each new trial line (never block)
 
     def note_best(self, line: dict[str, Any]) -> None:
         """Track each objective's best from a trial line (live or logged), for the view and
@@ -423,6 +425,8 @@ class SchedulingLoop:
             t1 = time.perf_counter()
             line = trial_line(state.trials, cand, res, fields)
             self.log.write(json.dumps(line) + "\n")
+            for tracker in self.trackers:
+                tracker.trial(line)
             if t1 - self.last_sync >= LOG_SYNC_SECONDS:
                 self._sync_log()
             state.timing.logging += time.perf_counter() - t1

@@ -11,27 +11,31 @@ most the evaluations in flight and an inline serial run continues with the same 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from evomerge.atomic import write_text_atomic
 from evomerge.errors import ConfigError
 from evomerge.executors.base import Executor
 from evomerge.executors.registry import make_executor
-from evomerge.export import export_into_run
+from evomerge.export import best_recipe_texts, export_into_run
 from evomerge.plots import write_plots
 from evomerge.progress import Progress
 from evomerge.run.directory import RunDirectory
 from evomerge.run.errors import RunError
 from evomerge.run.loop import RunState, SchedulingLoop, Timing
+from evomerge.run.report import report
 from evomerge.run.trial_log import archive_from_lines, is_full, result_from_line
 from evomerge.search.protocol import Candidate, Controller, ControllerSetup, SearchContext
 from evomerge.search.registry import CONTROLLER_KEYS
 from evomerge.search_config import SearchConfig, build_zoo, load_config
 from evomerge.tasks.base import Task
 from evomerge.tasks.registry import build_task, task_objectives
+from evomerge.tracking.registry import make_trackers
 
 
 def config_diff(old: SearchConfig, new: SearchConfig, limit: int = 3) -> str:
@@ -225,9 +229,15 @@ class SearchRun:
                            "already done")
         if ckpt is None:  # the baselines come first; the rest replays from the log
             state.trials = sum(1 for line in logged if "baseline" in line)
+        trackers = make_trackers(cfg, files.path, _warn, self.origin)  # before any write
         if executor is None and state.trials < cfg.budget:
             # its workers are built now: one that cannot start fails here, before any write
-            executor = make_executor(cfg, task, self.origin)
+            try:
+                executor = make_executor(cfg, task, self.origin)
+            except BaseException:
+                for t in trackers:
+                    t.close(False)
+                raise
         try:  # from here every exit (a failing first checkpoint too) closes it
             if self.pending_config:  # able to run: now the config (or new budget) is frozen
                 files.path.mkdir(parents=True, exist_ok=True)
@@ -248,6 +258,9 @@ class SearchRun:
                 resume_hint=f"evomerge resume {self.dir}", progress=progress)
             loop.replay = {line["id"]: line for line in logged[state.trials:]
                            if "baseline" not in line}
+            loop.trackers = trackers
+            for t in trackers:  # the tracked run is opened (or reopened) and its gaps filled
+                t.start(logged)
             # the capacity the logged trials were asked under: replaying with another would ask
             # in another order (a run continued with more workers replays as it ran, then widens)
             loop.replay_capacity = (ckpt or {}).get("capacity", 1)
@@ -287,14 +300,41 @@ class SearchRun:
                 if ckpt is None and executor is not None:  # resume needs the capacity from
                     self._checkpoint(controller, state, [], loop.capacity)  # trial 0 on
                 loop.run(stop_after, (ckpt or {}).get("outstanding", []))
+            if state.trials >= cfg.budget:
+                self.outputs = self._complete()
+                if trackers:
+                    artifacts = self._artifacts(self.outputs)
+                    for t in trackers:
+                        t.finish(artifacts)
         finally:
             if progress is not None:
                 progress.close()
             if executor is not None:
                 executor.close()
-        if state.trials >= cfg.budget:
-            self.outputs = self._complete()
+            for t in trackers:
+                t.close(state.trials >= cfg.budget)
         return state
+
+    def _artifacts(self, outputs: list[Path]) -> dict[str, Path]:
+        """What a tracker attaches when the budget is spent: the report, the plots, and the
+        best trial's recipe (evomerge YAML, and mergekit YAML where mergekit can say it)."""
+        from evomerge.report_view import format_report
+
+        out_dir = self.dir / "tracking"
+        out_dir.mkdir(exist_ok=True)
+        write_text_atomic(out_dir / "report.txt", format_report(report(self.dir)) + "\n")
+        artifacts = {"report.txt": out_dir / "report.txt"}
+        for path in outputs:
+            if path.suffix == ".png":
+                artifacts[f"plots/{path.name}"] = path
+        if self.cfg.task.kind == "merge":
+            try:
+                for name, text in best_recipe_texts(self.files, self.cfg).items():
+                    write_text_atomic(out_dir / name, text)
+                    artifacts[f"best/{name}"] = out_dir / name
+            except RunError as exc:  # no trial in full yet, say: nothing to attach
+                _warn(f"tracking: no best recipe to attach ({exc})")
+        return artifacts
 
     def _complete(self) -> list[Path]:
         """When the budget is spent: the plots, and the best trial exported if asked."""
@@ -305,6 +345,12 @@ class SearchRun:
         if self.cfg.export_best and self.cfg.task.kind == "merge":
             written.append(export_into_run(self.files, self.cfg, self.dir / "best"))
         return written
+
+
+def _warn(message: str) -> None:
+    """A tracker's one-time notice (from its own thread): the search itself goes on."""
+    sys.stderr.write(f"evomerge: {message}\n")
+    sys.stderr.flush()
 
 
 __all__ = ["SearchRun", "config_diff", "with_executor"]

@@ -1,0 +1,1 @@
+"""Experiment trackers a search run is mirrored to (docs/design.md §7.6)."""
