@@ -65,26 +65,29 @@ def _warn_unknown(entry: dict, known: set[str], where: str) -> None:
 
 
 def _model_name(ref: Any, where: str) -> str:
-    """A mergekit model reference as one string: 'path' or 'path@revision'. LoRA adapters and
-    architecture overrides change the weights, and are refused."""
+    """A mergekit model reference as one string: 'path', 'path@revision', or 'base+lora' (a
+    PEFT LoRA adapter over its base, which evomerge reads itself). Architecture overrides
+    change the model, and are refused."""
     if isinstance(ref, dict) and "model" in ref and set(ref) - {"model", "lora",
                                                                "override_architecture"}:
         ref = ref["model"]  # a models:/sources: entry ({model: ..., parameters: ...})
     if isinstance(ref, str):
-        if "+" in ref:
-            raise RecipeError(f"{where}: {ref!r} names a LoRA adapter (model+lora), which is "
-                              "not supported; merge the adapter into its model first")
         return ref
     if isinstance(ref, dict):
-        for key in ("lora", "override_architecture"):
-            if ref.get(key) is not None:
-                raise RecipeError(f"{where}.{key}: not supported (got {ref[key]!r})")
+        if ref.get("override_architecture") is not None:
+            raise RecipeError(f"{where}.override_architecture: not supported (got "
+                              f"{ref['override_architecture']!r})")
         inner = ref.get("model", ref)
+        lora = ref.get("lora") if "model" in ref else None
+        adapter = _model_name(lora, f"{where}.lora") if lora is not None else None
         if isinstance(inner, str):
-            return _model_name(inner, where)
-        if isinstance(inner, dict) and isinstance(inner.get("path"), str):
+            name = _model_name(inner, where)
+        elif isinstance(inner, dict) and isinstance(inner.get("path"), str):
             rev = inner.get("revision")
-            return f"{inner['path']}@{rev}" if rev else inner["path"]
+            name = f"{inner['path']}@{rev}" if rev else inner["path"]
+        else:
+            raise RecipeError(f"{where}: cannot read model reference {ref!r}")
+        return f"{name}+{adapter}" if adapter else name
     raise RecipeError(f"{where}: cannot read model reference {ref!r}")
 
 

@@ -188,8 +188,20 @@ class Source(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str
+    model: str  # a model, or `base+adapter` (a PEFT LoRA adapter over its base)
     parameters: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _explicit_adapter(cls, data: Any) -> Any:
+        """`{model: base, adapter: dir}` is the explicit form of `model: base+adapter`."""
+        if isinstance(data, dict) and "adapter" in data:
+            data = dict(data)
+            adapter = data.pop("adapter")
+            if not isinstance(adapter, str) or not adapter:
+                raise ValueError("adapter: a PEFT adapter directory (a non-empty string)")
+            data["model"] = f"{data.get('model', '')}+{adapter}"
+        return data
 
     @field_validator("parameters")
     @classmethod

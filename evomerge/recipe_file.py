@@ -15,7 +15,13 @@ from typing import Any
 import yaml
 
 from evomerge.mergekit_yaml import config_dtype, recipe_from_mergekit
-from evomerge.models.refs import SourceError, missing_local, resolve_model_ref
+from evomerge.models.refs import (
+    SourceError,
+    join_adapter,
+    missing_local,
+    resolve_model_ref,
+    split_adapter,
+)
 from evomerge.recipe import TOKENIZER_KEYWORDS, Recipe, RecipeError
 
 
@@ -54,10 +60,16 @@ def load_recipe(path: str | Path, match_mergekit_precision: bool = False) -> Rec
     written: dict[str, str] = {}
 
     def resolve(ref: str, where: str) -> str:
-        problem = missing_local(ref, where, [Path.cwd(), path.parent])
-        if problem:
-            raise RecipeError(f"{path}: {problem}")
-        resolved = _relative_to(path, ref)
+        base, adapter = split_adapter(ref)  # `base+adapter`: each part on its own
+        parts = []
+        for part, at in ((base, where), (adapter, f"{where} (its adapter)")):
+            if part is None:
+                continue
+            problem = missing_local(part, at, [Path.cwd(), path.parent])
+            if problem:
+                raise RecipeError(f"{path}: {problem}")
+            parts.append(_relative_to(path, part))
+        resolved = join_adapter(*parts) if adapter is not None else parts[0]
         written[resolved] = ref
         return resolved
 

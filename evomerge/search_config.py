@@ -217,6 +217,15 @@ class CandidateSpec(BaseModel):
     selection_cache_gib: float | None = Field(None, ge=0)
 
 
+def adapter_ref(value: Any) -> Any:
+    """A source entry {model: base, adapter: dir} as the one reference `base+adapter`;
+    anything else as it is (the field's own validation names what is wrong)."""
+    if isinstance(value, dict) and set(value) == {"model", "adapter"} and \
+            all(isinstance(v, str) and v for v in value.values()):
+        return f"{value['model']}+{value['adapter']}"
+    return value
+
+
 class MergeTaskSpec(BaseModel):
     """Search merge recipes of real models (docs/design.md §1): sources → space → live candidate →
     evaluators → objectives."""
@@ -225,6 +234,8 @@ class MergeTaskSpec(BaseModel):
 
     kind: Literal["merge"]
     base: str | None = None
+    # a model directory or hub id; `base+adapter` or {model: base, adapter: dir} for a PEFT
+    # LoRA adapter over its base
     sources: list[str] = Field(min_length=1)
     space: Annotated[PSSpaceSpec | SeedMixtureSpaceSpec | DFSSpaceSpec,
                      Field(discriminator="kind")]
@@ -241,6 +252,12 @@ class MergeTaskSpec(BaseModel):
     baselines: list[BaselineSpec] | None = None
     allow_pickle: bool = False
     allow_download: bool = False
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _adapter_sources(cls, value: Any) -> Any:
+        """{model, adapter} entries are the explicit form of `model+adapter`."""
+        return [adapter_ref(v) for v in value] if isinstance(value, list) else value
 
     @model_validator(mode="after")
     def _check_names(self) -> MergeTaskSpec:
@@ -594,22 +611,28 @@ def _resolve_paths(task: MergeTaskSpec, config_path: Path) -> None:
     a model that is plainly a local path and exists in neither is an error."""
     config_dir = config_path.parent
 
-    def fix(ref: str | None) -> str | None:
-        if ref is None:
-            return None
+    from evomerge.models.refs import join_adapter, missing_local, split_adapter
+
+    def fix_one(ref: str) -> str:
         p = Path(ref).expanduser()
         for cand in (p, config_dir / p):
             if cand.exists():
                 return str(cand.resolve())
         return ref
 
-    from evomerge.models.refs import missing_local
+    def fix(ref: str | None) -> str | None:
+        if ref is None:
+            return None
+        base, adapter = split_adapter(ref)  # `base+adapter`: each part on its own
+        return join_adapter(fix_one(base), fix_one(adapter) if adapter else None)
 
     for where, ref in [("task.base", task.base),
                        *((f"task.sources[{i}]", s) for i, s in enumerate(task.sources))]:
-        problem = ref and missing_local(ref, where, [Path.cwd(), config_dir])
-        if problem:
-            raise ConfigError(f"{config_path}: {problem}")
+        base, adapter = split_adapter(ref) if ref else (None, None)
+        for part, at in ((base, where), (adapter, f"{where} (its adapter)")):
+            problem = part and missing_local(part, at, [Path.cwd(), config_dir])
+            if problem:
+                raise ConfigError(f"{config_path}: {problem}")
     task.base = fix(task.base)
     task.sources = [fix(s) or s for s in task.sources]
     for ev in task.evaluators:

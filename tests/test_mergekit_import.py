@@ -54,8 +54,6 @@ def test_shipped_examples_of_other_methods_are_refused_by_name(zoo, tmp_path, mo
 
 BAD = {
     "modules": ({"modules": {"decoder": {"models": []}}}, "modules: per-module merges"),
-    "lora": ({"models": [{"model": "x/y+some/lora"}]}, "models[0]: 'x/y+some/lora' names a LoRA"),
-    "lora_key": ({"base_model": {"model": "x/y", "lora": "some/lora"}}, "base_model.lora"),
     "override": ({"base_model": {"model": "x/y", "override_architecture": "MistralForCausalLM"}},
                  "base_model.override_architecture"),
     "tokens": ({"tokenizer": {"source": "base", "tokens": {"<x>": {"source": "x/y"}}}},

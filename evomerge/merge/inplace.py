@@ -28,7 +28,29 @@ from evomerge.merge.tensor_merge import merge_tensor
 from evomerge.merge.tensors import TORCH_DTYPES, all_finite, numel
 from evomerge.merge_methods import get_method
 from evomerge.models.architecture import count_layers, tensor_site
+from evomerge.models.lora import AdapterModel, LowRank
 from evomerge.recipe import Recipe
+
+
+class LowRankSource:
+    """A LoRA source as the builder holds it: the base's resident tensors and the adapter's
+    factors; indexing forms one adapter-merged tensor, exactly as `AdapterModel.read` does
+    (so in-place candidates equal `evomerge merge`'s), and frees it after the merge."""
+
+    def __init__(self, base: dict[str, torch.Tensor], lowrank: dict[str, LowRank]):
+        self.base, self.lowrank = base, lowrank
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        weight = self.base[name]
+        update = self.lowrank.get(name)
+        if update is None:
+            return weight
+        return (weight.float() + update.delta()).to(weight.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        """The factors' bytes (the base is counted where it is held)."""
+        return sum(lr.nbytes for lr in self.lowrank.values())
 
 
 def available_memory(device: torch.device) -> int:
@@ -97,16 +119,23 @@ class CandidateBuilder:
             self._preflight(models, source_ms, base_m is not None)
             self.base = ({n: base_m.read(n).to(self.device) for n in self.names}
                          if base_m else None)
-            self.sources = [{n: m.read(n).to(self.device) for n in self.names}
-                            for m in source_ms]
+            # an adapter's base is resident once, shared with the run's base when it is that
+            self._bases: dict[Path, dict[str, torch.Tensor]] = \
+                {base_m.path.resolve(): self.base} if base_m and self.base else {}
+            self.sources = [self._resident(m) for m in source_ms]
         finally:
             for m in models:
                 m.close()
-        def nbytes(d: dict[str, torch.Tensor] | None) -> int:
+        def nbytes(d: Any) -> int:
+            if isinstance(d, LowRankSource):
+                return d.nbytes
             return sum(t.numel() * t.element_size() for t in (d or {}).values())
 
         self._base_bytes = nbytes(self.base)
         self._source_bytes = sum(nbytes(s) for s in self.sources)
+        self.resident_bytes = self._base_bytes + self._source_bytes + sum(
+            nbytes(b) for p, b in self._bases.items()
+            if not (base_m and p == base_m.path.resolve()))
         self.model = self._live_model()
         self.params = self._live_parameters()
         self.cache = SelectionCache(available_memory(self.device) // 2
@@ -117,12 +146,32 @@ class CandidateBuilder:
         self.last: BuildStats | None = None
 
     # --- setup --------------------------------------------------------------------------
+    def _resident(self, m: Any) -> Any:
+        """A source's tensors on the device: all of them for a full model; for a LoRA
+        adapter its factors only, over its base's tensors (resident once)."""
+        if not isinstance(m, AdapterModel):
+            return {n: m.read(n).to(self.device) for n in self.names}
+        assert m.base is not None
+        key = m.base.path.resolve()
+        if key not in self._bases:
+            self._bases[key] = {n: m.base.read(n).to(self.device) for n in self.names}
+        return LowRankSource(self._bases[key],
+                             {n: lr.to(self.device) for n, lr in m.lowrank.items()})
+
     def _preflight(self, models: list[Any], sources: list[Any], has_base: bool) -> None:
         """Refuse before reading a byte when the resident sources and the live model cannot
         fit: a search that dies of memory at its first candidate (or swaps for hours) is
         worse than an error that says what to change."""
         names = set(self.names)
-        resident = sum(e.nbytes for m in models for n, e in m.entries.items() if n in names)
+        bases: set[Path] = set()
+        resident = 0
+        for m in models:  # an adapter costs its factors, and its base once
+            if isinstance(m, AdapterModel):
+                resident += sum(lr.nbytes for lr in m.lowrank.values())
+                m = m.base
+            if m.path.resolve() not in bases:
+                bases.add(m.path.resolve())
+                resident += sum(e.nbytes for n, e in m.entries.items() if n in names)
         itemsize = torch.empty(0, dtype=self.dtype).element_size() if self.dtype else 4
         live = sum(models[0].entries[n].numel for n in self.names) * itemsize
         free = available_memory(self.device)

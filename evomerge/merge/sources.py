@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from evomerge.merge.errors import MergeError
 from evomerge.merge.options import MergeOptions
+from evomerge.models.lora import open_source
 from evomerge.models.source import SourceError, SourceModel
 from evomerge.recipe import Recipe
 
@@ -17,13 +18,13 @@ def open_models(recipe: Recipe, options: MergeOptions) -> tuple[SourceModel | No
     try:
         base = None
         if recipe.base:
-            base = SourceModel.open(recipe.base, options.allow_pickle, options.allow_download)
+            base = open_source(recipe.base, options.allow_pickle, options.allow_download)
             opened.append(base)
         sources = []
         for i, s in enumerate(recipe.sources):
             where = f"sources[{i}].model"
-            sources.append(SourceModel.open(s.model, options.allow_pickle,
-                                            options.allow_download))
+            sources.append(open_source(s.model, options.allow_pickle,
+                                       options.allow_download))
             opened.append(sources[-1])
     except SourceError as exc:
         for m in opened:

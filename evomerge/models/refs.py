@@ -25,6 +25,22 @@ def split_revision(ref: str) -> tuple[str, str | None]:
     return ref, None
 
 
+def split_adapter(ref: str) -> tuple[str, str | None]:
+    """'base+adapter' (mergekit's syntax for a LoRA adapter over its base) → the two parts;
+    a reference without '+', or an existing path that contains one, → (ref, None)."""
+    if "+" not in ref or Path(ref).expanduser().exists():
+        return ref, None
+    base, adapter = ref.rsplit("+", 1)
+    if not base or not adapter:
+        return ref, None
+    return base, adapter
+
+
+def join_adapter(base: str, adapter: str | None) -> str:
+    """The single reference `split_adapter` splits."""
+    return f"{base}+{adapter}" if adapter else base
+
+
 def is_hub_id(ref: str) -> bool:
     """Looks like 'org/name' (with an optional '@revision'), not a path."""
     repo, _ = split_revision(ref)
@@ -110,7 +126,13 @@ def hub_pin(ref: str) -> str | None:
 
 def portable_ref(ref: str, written: str | None = None, relative_to: Path | None = None) -> str:
     """`ref` as another machine can read it: a hub id pinned to its cached revision; a local
-    directory relative to `relative_to` (when given), else as the user wrote it."""
+    directory relative to `relative_to` (when given), else as the user wrote it. Each part of
+    a `base+adapter` reference is converted on its own."""
+    base, adapter = split_adapter(ref)
+    if adapter is not None:
+        wb, wa = split_adapter(written) if written else (None, None)
+        return join_adapter(portable_ref(base, wb, relative_to),
+                            portable_ref(adapter, wa, relative_to))
     pin = hub_pin(ref)
     if pin is not None:
         return pin

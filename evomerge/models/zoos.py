@@ -14,8 +14,9 @@ from pathlib import Path
 
 from evomerge.models import smollm2
 
-KINDS = ("skills", "example", "smollm2", "smollm2_mix")
-DURATION = {"skills": "about a minute", "example": "seconds",
+KINDS = ("skills", "skills_lora", "example", "smollm2", "smollm2_mix")
+DURATION = {"skills": "about a minute", "skills_lora": "about two minutes",
+            "example": "seconds",
             "smollm2": "about 10 minutes: conversion and two fine-tunes",
             "smollm2_mix": "about 20 minutes: conversion and three fine-tunes"}
 
@@ -34,6 +35,10 @@ def ready(kind: str, out: Path) -> bool:
         from evomerge.models.skill_zoo import zoo_ready  # torch: see the module docstring
 
         return zoo_ready(out)
+    if kind == "skills_lora":
+        from evomerge.models.skill_lora import lora_zoo_ready  # torch: see the module docstring
+
+        return lora_zoo_ready(out)
     return (out / "base" / "config.json").exists() and (out / "tasks").is_dir()
 
 
@@ -63,6 +68,10 @@ def build(kind: str, out: Path, log: Callable[[str], None] | None = None) -> dic
         from evomerge.models.skill_zoo import build_skill_zoo  # torch: see the module docstring
 
         return build_skill_zoo(out, log=say)
+    if kind == "skills_lora":  # the same base, LoRA adapters as the experts (issue 25)
+        from evomerge.models.skill_lora import build_skill_lora_zoo  # torch: the docstring
+
+        return build_skill_lora_zoo(out, log=say)
     from evomerge.models.tiny import build_example_zoo  # torch: see the module docstring
 
     return build_example_zoo(out)
