@@ -58,14 +58,14 @@ def wide_family(out: Path, hidden: int, layers: int, rank: int) -> tuple[Path, l
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from evomerge.models.skill_zoo import _write_tokenizer
+    from evomerge.models.skill_zoo import write_tokenizer
 
     cfg = LlamaConfig(vocab_size=64, hidden_size=hidden, intermediate_size=hidden * 3,
                       num_hidden_layers=layers, num_attention_heads=hidden // 64,
                       num_key_value_heads=hidden // 64, tie_word_embeddings=False)
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(cfg).save_pretrained(out / "base")
-    _write_tokenizer(out / "base")
+    write_tokenizer(out / "base")
     adapters = []
     for i in range(3):
         torch.manual_seed(1 + i)

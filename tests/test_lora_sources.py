@@ -71,6 +71,7 @@ def _recipe(base: Path, sources: list[str]) -> Recipe:
                              "sources": [{"model": s} for s in sources], "dtype": "float32"})
 
 
+@pytest.mark.smoke  # on the newest mlflow / peft too (.ci/run step 3)
 def test_an_adapter_merge_equals_merging_peft_merge_and_unload_models(zoo, adapters,
                                                                         tmp_path):
     base = zoo["base"]

@@ -43,6 +43,7 @@ def lines(run: Path) -> list[dict]:
     return [json.loads(x) for x in (run / "trials.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.smoke  # on the newest mlflow / peft too (.ci/run step 3)
 def test_a_run_is_one_mlflow_run_across_a_resume(tmp_path):
     run = tmp_path / "run"
     SearchRun.create(config(tmp_path), run).run(stop_after=9)

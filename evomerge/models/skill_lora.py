@@ -17,11 +17,11 @@ from evomerge.models.skill_data import SKILLS
 from evomerge.models.skill_tasks import write_skill_tasks
 from evomerge.models.skill_zoo import (
     ZooSettings,
-    _config,
-    _save,
-    _train,
     exact_match,
     format_scores,
+    llama_config,
+    save_model,
+    train_skills,
 )
 
 ADAPTERS = {"math": ("add",), "rev": ("rev",), "sort": ("sort",)}
@@ -46,21 +46,21 @@ def build_skill_lora_zoo(out: str | Path, log: Callable[[str], None] = print
     try:
         with directory_atomic(out) as tmp:
             torch.manual_seed(s.seed)
-            base = LlamaForCausalLM(_config(s))
-            _train(base, SKILLS, s.base_steps, s.base_lr, s.batch, s.seed)
-            _save(base, tmp / "base")
+            base = LlamaForCausalLM(llama_config(s))
+            train_skills(base, SKILLS, s.base_steps, s.base_lr, s.batch, s.seed)
+            save_model(base, tmp / "base")
             scores = {"base": {k: exact_match(base, k) for k in SKILLS}}
             log(f"base trained ({time.perf_counter() - start:.0f} s): "
                 + format_scores(scores["base"]))
             for i, (name, skills) in enumerate(ADAPTERS.items()):
-                model = LlamaForCausalLM(_config(s))
+                model = LlamaForCausalLM(llama_config(s))
                 model.load_state_dict(base.state_dict())
                 torch.manual_seed(s.seed + 100 + i)
                 with warnings.catch_warnings():  # peft asks transformers a deprecated name
                     warnings.simplefilter("ignore", FutureWarning)
                     lora = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=2 * RANK,
                                                             target_modules=TARGETS))
-                _train(lora, skills, ADAPTER_STEPS, ADAPTER_LR, s.batch, s.seed + 1 + i)
+                train_skills(lora, skills, ADAPTER_STEPS, ADAPTER_LR, s.batch, s.seed + 1 + i)
                 lora.save_pretrained(tmp / "adapters" / name)
                 scores[name] = {k: exact_match(lora, k) for k in SKILLS}
                 log(f"{name} adapter trained ({time.perf_counter() - start:.0f} s): "

@@ -51,7 +51,8 @@ class ZooSettings:
     seed: int = 0
 
 
-def _config(s: ZooSettings):
+def llama_config(s: ZooSettings):
+    """The zoo's Llama shape (the skill_lora zoo trains the same base)."""
     # transformers is imported on use, here and below: it takes seconds, and a module that
     # imports this one for its constants or `format_scores` needs none of it
     from transformers import LlamaConfig
@@ -74,7 +75,9 @@ def _batch(pairs: list[tuple[list[str], list[str]]]) -> tuple[torch.Tensor, torc
     return ids, mask
 
 
-def _train(model, skills: tuple[str, ...], steps: int, lr: float, batch: int, seed: int) -> None:
+def train_skills(model, skills: tuple[str, ...], steps: int, lr: float, batch: int,
+                 seed: int) -> None:
+    """Train on freshly drawn items of `skills` (answers only in the loss)."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     rng = np.random.default_rng(seed)
     model.train()
@@ -100,7 +103,8 @@ def exact_match(model, skill: str, n: int = 1500, seed: int = 10_000) -> float:
     return float(ok.all(dim=1).float().mean())
 
 
-def _save(model, out: Path) -> None:
+def save_model(model, out: Path) -> None:
+    """The model as safetensors, its config and the word-level tokenizer."""
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     planned = [(k, v.dtype, tuple(v.shape)) for k, v in state.items()]
@@ -110,11 +114,12 @@ def _save(model, out: Path) -> None:
     writer.close()
     cfg = model.config.to_dict()
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    _write_tokenizer(out)
+    write_tokenizer(out)
 
 
-def _write_tokenizer(out: Path) -> None:
-    # seconds to import; see _config
+def write_tokenizer(out: Path) -> None:
+    """The zoo's word-level tokenizer, saved as transformers reads it."""
+    # seconds to import; see llama_config
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -133,7 +138,7 @@ def build_skill_zoo(out: str | Path, settings: ZooSettings | None = None,
     nothing that looks finished; `zoo.json` records the settings and each model's exact
     match on every skill's held-out items.
     """
-    from transformers import LlamaForCausalLM  # seconds to import; see _config
+    from transformers import LlamaForCausalLM  # seconds to import; see llama_config
 
     s = settings or ZooSettings()
     out = Path(out)
@@ -142,17 +147,17 @@ def build_skill_zoo(out: str | Path, settings: ZooSettings | None = None,
     try:
         with directory_atomic(out) as tmp:
             torch.manual_seed(s.seed)
-            base = LlamaForCausalLM(_config(s))
-            _train(base, SKILLS, s.base_steps, s.base_lr, s.batch, s.seed)
-            _save(base, tmp / "base")
+            base = LlamaForCausalLM(llama_config(s))
+            train_skills(base, SKILLS, s.base_steps, s.base_lr, s.batch, s.seed)
+            save_model(base, tmp / "base")
             scores = {"base": {k: exact_match(base, k) for k in SKILLS}}
             log(f"base trained ({time.perf_counter() - start:.0f} s): "
                 + format_scores(scores["base"]))
             for i, (name, skills) in enumerate(EXPERTS.items()):
-                expert = LlamaForCausalLM(_config(s))
+                expert = LlamaForCausalLM(llama_config(s))
                 expert.load_state_dict(base.state_dict())
-                _train(expert, skills, s.expert_steps, s.expert_lr, s.batch, s.seed + 1 + i)
-                _save(expert, tmp / name)
+                train_skills(expert, skills, s.expert_steps, s.expert_lr, s.batch, s.seed + 1 + i)
+                save_model(expert, tmp / name)
                 scores[name] = {k: exact_match(expert, k) for k in SKILLS}
                 log(f"{name} expert trained ({time.perf_counter() - start:.0f} s): "
                     + format_scores(scores[name]))
