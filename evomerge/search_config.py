@@ -217,13 +217,16 @@ class CandidateSpec(BaseModel):
     selection_cache_gib: float | None = Field(None, ge=0)
 
 
-def adapter_ref(value: Any) -> Any:
+def adapter_ref(value: Any, where: str = "") -> Any:
     """A source entry {model: base, adapter: dir} as the one reference `base+adapter`;
-    anything else as it is (the field's own validation names what is wrong)."""
-    if isinstance(value, dict) and set(value) == {"model", "adapter"} and \
+    anything but a mapping as it is (the field's own validation names what is wrong)."""
+    if not isinstance(value, dict):
+        return value
+    if set(value) == {"model", "adapter"} and \
             all(isinstance(v, str) and v for v in value.values()):
         return f"{value['model']}+{value['adapter']}"
-    return value
+    raise ValueError(f"{where}: a model reference, or {{model: base, adapter: dir}} for a "
+                     f"LoRA adapter (got keys {', '.join(sorted(map(str, value)))})")
 
 
 class MergeTaskSpec(BaseModel):
@@ -257,7 +260,9 @@ class MergeTaskSpec(BaseModel):
     @classmethod
     def _adapter_sources(cls, value: Any) -> Any:
         """{model, adapter} entries are the explicit form of `model+adapter`."""
-        return [adapter_ref(v) for v in value] if isinstance(value, list) else value
+        if not isinstance(value, list):
+            return value
+        return [adapter_ref(v, f"[{i}]") for i, v in enumerate(value)]
 
     @model_validator(mode="after")
     def _check_names(self) -> MergeTaskSpec:

@@ -187,3 +187,17 @@ def test_a_search_over_adapters_scores_what_a_search_over_merged_models_scores(
     for a, f in zip(runs["adapters"], runs["full"], strict=True):
         assert a["genome"] == f["genome"] and a["status"] == f["status"] == "ok"
         assert a["objectives"] == pytest.approx(f["objectives"], abs=1e-6)
+
+
+def test_a_mistyped_adapter_entry_in_a_search_config_is_named(zoo, tasks_dir, tmp_path):
+    from evomerge.errors import ConfigError
+    from evomerge.search_config import load_config
+
+    from .test_merge_search import merge_config, write_config
+
+    data = merge_config(zoo, tasks_dir, {"kind": "random"})
+    data["task"]["sources"] = [str(zoo["a"]), {"model": str(zoo["base"]), "adaptr": "x"}]
+    with pytest.raises(ConfigError, match=r"task.sources: \[1\]: a model reference, or "
+                                          r"\{model: base, adapter: dir\}.*got keys adaptr, "
+                                          "model"):
+        load_config(write_config(tmp_path / "c.yaml", data))
