@@ -15,7 +15,7 @@ from pathlib import Path
 from evomerge.models import smollm2
 
 KINDS = ("skills", "skills_lora", "example", "smollm2", "smollm2_mix")
-DURATION = {"skills": "about a minute", "skills_lora": "about two minutes",
+DURATION = {"skills": "about a minute", "skills_lora": "about a minute",
             "example": "seconds",
             "smollm2": "about 10 minutes: conversion and two fine-tunes",
             "smollm2_mix": "about 20 minutes: conversion and three fine-tunes"}
