@@ -123,17 +123,13 @@ def best_recipe_texts(files: RunDirectory, cfg: SearchConfig) -> dict[str, str]:
     (for trackers, which keep recipes, not models)."""
     (line,) = choose_trials(files, cfg, None, True, False)
     recipe = trial_recipe(files, cfg, line)
-    out = {"evomerge_recipe.yaml": recipe.to_yaml()}
-    try:
-        out["mergekit_config.yml"] = mergekit_text(recipe)
-    except (RecipeError, ValueError):
-        pass
-    return out
+    return {"evomerge_recipe.yaml": recipe.to_yaml(), **_extra_files(recipe, None)}
 
 
-def _extra_files(recipe: Recipe, out: Path) -> dict[str, str]:
-    """mergekit_config.yml for the model directory `out` (local paths relative to it), when
-    mergekit's format can express the recipe; the evomerge recipe is always written."""
+def _extra_files(recipe: Recipe, out: Path | None) -> dict[str, str]:
+    """mergekit_config.yml for the model directory `out` (local paths relative to it; None:
+    as the recipe has them), when mergekit's format can express the recipe; the evomerge
+    recipe is always written."""
     try:
         return {"mergekit_config.yml": mergekit_text(recipe, out)}
     except (RecipeError, ValueError):

@@ -43,9 +43,7 @@ class LowRankSource:
     def __getitem__(self, name: str) -> torch.Tensor:
         weight = self.base[name]
         update = self.lowrank.get(name)
-        if update is None:
-            return weight
-        return (weight.float() + update.delta()).to(weight.dtype)
+        return weight if update is None else update.apply(weight)
 
     @property
     def nbytes(self) -> int:
@@ -133,9 +131,9 @@ class CandidateBuilder:
 
         self._base_bytes = nbytes(self.base)
         self._source_bytes = sum(nbytes(s) for s in self.sources)
-        self.resident_bytes = self._base_bytes + self._source_bytes + sum(
-            nbytes(b) for p, b in self._bases.items()
-            if not (base_m and p == base_m.path.resolve()))
+        # every base held once (the run's among them), plus full sources and adapter factors
+        self.resident_bytes = sum(nbytes(b) for b in self._bases.values()) + \
+            self._source_bytes
         self.model = self._live_model()
         self.params = self._live_parameters()
         self.cache = SelectionCache(available_memory(self.device) // 2

@@ -41,6 +41,11 @@ class LowRank:
         d = (self.b.float() @ self.a.float()) * self.scaling
         return d.T if self.transpose else d
 
+    def apply(self, weight: torch.Tensor) -> torch.Tensor:
+        """`weight` with the update added, in its own dtype (the arithmetic in float32, as
+        peft does for float32 models): what every reader of an adapter source gets."""
+        return (weight.float() + self.delta()).to(weight.dtype)
+
     def to(self, device: torch.device) -> LowRank:
         """The factors on `device` (what the in-place builder keeps resident)."""
         return LowRank(self.a.to(device), self.b.to(device), self.scaling, self.transpose)
@@ -67,9 +72,7 @@ class AdapterModel(SourceModel):
         assert self.base is not None
         weight = self.base.read(name)
         update = self.lowrank.get(name)
-        if update is None:
-            return weight
-        return (weight.float() + update.delta()).to(weight.dtype)
+        return weight if update is None else update.apply(weight)
 
     def close(self) -> None:
         """Close the base's files."""

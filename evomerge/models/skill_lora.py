@@ -20,7 +20,7 @@ from evomerge.models.skill_zoo import (
     exact_match,
     format_scores,
     llama_config,
-    save_model,
+    train_base,
     train_skills,
 )
 
@@ -45,13 +45,8 @@ def build_skill_lora_zoo(out: str | Path, log: Callable[[str], None] = print
     start = time.perf_counter()
     try:
         with directory_atomic(out) as tmp:
-            torch.manual_seed(s.seed)
-            base = LlamaForCausalLM(llama_config(s))
-            train_skills(base, SKILLS, s.base_steps, s.base_lr, s.batch, s.seed)
-            save_model(base, tmp / "base")
-            scores = {"base": {k: exact_match(base, k) for k in SKILLS}}
-            log(f"base trained ({time.perf_counter() - start:.0f} s): "
-                + format_scores(scores["base"]))
+            base, base_scores = train_base(s, tmp / "base", log, start)
+            scores = {"base": base_scores}
             for i, (name, skills) in enumerate(ADAPTERS.items()):
                 model = LlamaForCausalLM(llama_config(s))
                 model.load_state_dict(base.state_dict())

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -130,6 +131,21 @@ def write_tokenizer(out: Path) -> None:
                             eos_token="</s>", pad_token="<pad>").save_pretrained(out)
 
 
+def train_base(s: ZooSettings, out: Path, log: Callable[[str], None], start: float
+               ) -> tuple[Any, dict[str, float]]:
+    """The zoo's base (every skill, weakly), saved to `out`, and its exact match per skill;
+    the LoRA zoo trains the same one."""
+    from transformers import LlamaForCausalLM  # seconds to import; see llama_config
+
+    torch.manual_seed(s.seed)
+    base = LlamaForCausalLM(llama_config(s))
+    train_skills(base, SKILLS, s.base_steps, s.base_lr, s.batch, s.seed)
+    save_model(base, out)
+    scores = {k: exact_match(base, k) for k in SKILLS}
+    log(f"base trained ({time.perf_counter() - start:.0f} s): " + format_scores(scores))
+    return base, scores
+
+
 def build_skill_zoo(out: str | Path, settings: ZooSettings | None = None,
                     log: Callable[[str], None] = print) -> dict[str, Path]:
     """Train the base and the experts, write them and the lm-eval tasks under `out`.
@@ -146,13 +162,8 @@ def build_skill_zoo(out: str | Path, settings: ZooSettings | None = None,
     start = time.perf_counter()
     try:
         with directory_atomic(out) as tmp:
-            torch.manual_seed(s.seed)
-            base = LlamaForCausalLM(llama_config(s))
-            train_skills(base, SKILLS, s.base_steps, s.base_lr, s.batch, s.seed)
-            save_model(base, tmp / "base")
-            scores = {"base": {k: exact_match(base, k) for k in SKILLS}}
-            log(f"base trained ({time.perf_counter() - start:.0f} s): "
-                + format_scores(scores["base"]))
+            base, base_scores = train_base(s, tmp / "base", log, start)
+            scores = {"base": base_scores}
             for i, (name, skills) in enumerate(EXPERTS.items()):
                 expert = LlamaForCausalLM(llama_config(s))
                 expert.load_state_dict(base.state_dict())

@@ -300,19 +300,23 @@ class SearchRun:
                 if ckpt is None and executor is not None:  # resume needs the capacity from
                     self._checkpoint(controller, state, [], loop.capacity)  # trial 0 on
                 loop.run(stop_after, (ckpt or {}).get("outstanding", []))
-            if state.trials >= cfg.budget:
-                self.outputs = self._complete()
-                if trackers:
-                    artifacts = self._artifacts(self.outputs)
-                    for t in trackers:
-                        t.finish(artifacts)
         finally:
             if progress is not None:
                 progress.close()
             if executor is not None:
                 executor.close()
-            for t in trackers:
-                t.close(state.trials >= cfg.budget)
+            if sys.exc_info()[1] is not None or state.trials < cfg.budget:
+                for t in trackers:  # stopped or failed: the tracked run is resumable
+                    t.close(False)
+        if state.trials >= cfg.budget:  # the workers are gone: export has the memory
+            try:
+                self.outputs = self._complete()
+                artifacts = self._artifacts(self.outputs) if trackers else {}
+                for t in trackers:
+                    t.finish(artifacts)
+            finally:
+                for t in trackers:
+                    t.close(True)
         return state
 
     def _artifacts(self, outputs: list[Path]) -> dict[str, Path]:

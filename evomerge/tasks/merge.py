@@ -95,10 +95,10 @@ class MergeWorker(TaskWorker):
                      scores: np.ndarray | None) -> None:
         """The anchors estimate a metric as a weighted mean of its items: each objective
         metric must be the plain mean of its per-item scores (accuracy is; perplexity is not)."""
+        assert scores is not None
         at = 0
         for key, n in parts:
             ev, _, metric = key.partition(":")
-            assert scores is not None
             mean = float(np.mean(scores[at: at + n]))
             at += n
             if abs(mean - outs[ev].metrics[metric]) > 1e-4:
